@@ -1,0 +1,51 @@
+"""The ``lightning-mix`` command: a LightningCLI over any LightningModule and LightningDataModule."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+class LightningMixCLI(LightningCLI):
+    """LightningCLI with ``lightning_mix`` imported, so its callbacks and demos resolve by short name.
+
+    After ``fit`` it runs ``test`` on the datamodule's test set (``--test_after_fit false`` turns
+    that off), so the main job prints its test metrics at the end.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, run the test loop on the datamodule's test data and print the metrics.",
+        )
+
+    def after_fit(self) -> None:
+        config = self.config.get(self.subcommand, self.config)
+        if not config.get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        if self.datamodule is None or not hasattr(self.datamodule, "test_dataloader"):
+            return
+        self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-mix`` console script."""
+    import lightning_mix.callbacks  # noqa: F401  (registers our callbacks for short class names)
+    import lightning_mix.demos  # noqa: F401
+
+    LightningMixCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args if args is not None else sys.argv[1:],
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

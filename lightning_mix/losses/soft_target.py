@@ -1,0 +1,40 @@
+"""Cross-entropy against dense (soft) targets, the loss that mixed targets need."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy ``-sum_c t_c log softmax(z)_c`` for dense targets of shape (B, C).
+
+    Integer class indices (B,) are accepted too and go to ``F.cross_entropy``, so a model's
+    training step needs one loss whether or not a mixing callback made its targets dense.
+
+    The dense case is computed as ``logsumexp(z) * sum(t) - sum(t * z)``, which is the same value
+    without materialising the (B, C) log-softmax; it runs in float32 whatever the logits' dtype
+    (bf16 logits under autocast lose too much precision in the log-sum-exp otherwise).
+
+    Args:
+        logits: (B, C) unnormalised scores.
+        targets: (B, C) non-negative weights per class (rows usually sum to one), or (B,) indices.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+    if not targets.is_floating_point():
+        return F.cross_entropy(logits.float(), targets, reduction=reduction)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"dense targets must have the logits' shape {tuple(logits.shape)}, got {tuple(targets.shape)}; "
+            "pass class indices (B,) or one row of class weights per sample."
+        )
+    logits = logits.float()
+    targets = targets.float()
+    per_sample = torch.logsumexp(logits, dim=-1) * targets.sum(-1) - (targets * logits).sum(-1)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
