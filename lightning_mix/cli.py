@@ -32,17 +32,28 @@ class LightningMixCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-mix`` console script."""
+def main(args: list[str] | None = None) -> LightningMixCLI | None:
+    """Entry point of the ``lightning-mix`` console script; returns the CLI (handy in tests).
+
+    ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``merge`` and ``soup``
+    (model merging and soups of separate runs' checkpoints) to :mod:`lightning_mix.merge_cli`.
+    """
+    args = list(args) if args is not None else sys.argv[1:]
+    if args and args[0] in ("merge", "soup"):
+        from lightning_mix import merge_cli
+
+        command = merge_cli.merge_main if args[0] == "merge" else merge_cli.soup_main
+        command(args[1:])
+        return None
     import lightning_mix.callbacks  # noqa: F401  (registers our callbacks for short class names)
     import lightning_mix.demos  # noqa: F401
 
-    LightningMixCLI(
+    return LightningMixCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=args if args is not None else sys.argv[1:],
+        args=args,
         save_config_kwargs={"overwrite": True},
     )
 

@@ -1,1 +1,5 @@
-"""lightning_mix.callbacks"""
+"""Lightning callbacks: thin adapters that decide *when* the torch-only layers act."""
+
+from lightning_mix.callbacks.mixing import MixingCallback
+
+__all__ = ["MixingCallback"]

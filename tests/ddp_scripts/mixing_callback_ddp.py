@@ -1,0 +1,33 @@
+"""Two CPU ranks fit with a MixingCallback; each saves the lam it drew and the targets it saw."""
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from mixing_callback_helpers import NUM_CLASSES, LamRecorder, RecordingClassifier, loader, make_data
+
+from lightning_mix.callbacks import MixingCallback
+from lightning_mix.mixing import Mixup
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    pl.seed_everything(0)
+    recorder = LamRecorder(Mixup(alpha=1.0, mode="elem"))
+    model = RecordingClassifier()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[MixingCallback(recorder, num_classes=NUM_CLASSES)],
+    )
+    trainer.fit(model, loader(make_data(64)))
+    torch.save(
+        {"lams": recorder.lams, "targets": [y for _, y in model.train_seen]},
+        out / f"rank{trainer.global_rank}.pt",
+    )
