@@ -32,8 +32,13 @@ class LightningMixCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule)
 
 
-def main(args: list[str] | None = None) -> LightningMixCLI | None:
-    """Entry point of the ``lightning-mix`` console script; returns the CLI (handy in tests).
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-mix`` console script."""
+    run_cli(args)
+
+
+def run_cli(args: list[str] | None = None) -> LightningMixCLI | None:
+    """Run the ``lightning-mix`` command with ``args``; returns the LightningCLI (handy in tests).
 
     ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``merge`` and ``soup``
     (model merging and soups of separate runs' checkpoints) to :mod:`lightning_mix.merge_cli`.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_mix.cli import main
+from lightning_mix.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny.yaml"
@@ -31,7 +31,7 @@ def test_there_is_a_preset_for_every_public_callback():
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_preset_composes_with_a_config_and_fits(preset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "--config", str(TINY), "--config", str(preset)])
+    cli = run_cli(["fit", "--config", str(TINY), "--config", str(preset)])
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     for expected in preset_classes(preset):
         assert expected in names, f"{preset.name} did not add {expected}: {names}"
@@ -41,7 +41,7 @@ def test_preset_composes_with_a_config_and_fits(preset, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_main_job_config_trains_and_tests(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(
+    cli = run_cli(
         [
             "fit",
             "--config",
@@ -55,3 +55,21 @@ def test_main_job_config_trains_and_tests(tmp_path, monkeypatch):
     metrics = cli.trainer.callback_metrics
     assert "test/acc" in metrics and 0.0 <= float(metrics["test/acc"]) <= 1.0
     assert "test/nll" in metrics
+
+
+@pytest.mark.slow
+def test_console_script_exits_zero_and_prints_test_metrics(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "lightning-mix"
+    assert script.exists(), "the lightning-mix console script is not installed next to python"
+    proc = subprocess.run(
+        [str(script), "fit", "--config", str(TINY), "--test_after_fit", "true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/acc" in proc.stdout
