@@ -1,0 +1,277 @@
+"""CalibrationMonitor: calibration metrics and a reliability diagram for validation and test epochs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import Metric
+
+from lightning_mix.metrics import (
+    BrierScore,
+    CalibrationError,
+    NegativeLogLikelihood,
+    OverconfidenceError,
+    ReliabilityDiagram,
+    SmoothECE,
+    UnderconfidenceError,
+)
+from lightning_mix.metrics.plot import require_matplotlib
+
+DEFAULT_METRICS = (
+    "ece",
+    "adaece",
+    "mce",
+    "rmsce",
+    "classwise_ece",
+    "smece",
+    "overconfidence",
+    "underconfidence",
+    "brier",
+    "nll",
+)
+_STAGE_PREFIX = {"validate": "val", "test": "test"}
+
+
+def _build_metric(name: str, n_bins: int, num_classes: int) -> Metric:
+    builders = {
+        "ece": lambda: CalibrationError(n_bins, "l1"),
+        "adaece": lambda: CalibrationError(n_bins, "l1", binning="quantile"),
+        "mce": lambda: CalibrationError(n_bins, "max"),
+        "rmsce": lambda: CalibrationError(n_bins, "l2"),
+        "debiased_rmsce": lambda: CalibrationError(n_bins, "l2", debias=True),
+        "classwise_ece": lambda: CalibrationError(n_bins, "l1", kind="classwise", num_classes=num_classes),
+        "marginal_rmsce": lambda: CalibrationError(
+            n_bins, "l2", kind="marginal", debias=True, binning="quantile", num_classes=num_classes
+        ),
+        "smece": lambda: SmoothECE(),
+        "overconfidence": lambda: OverconfidenceError(n_bins),
+        "underconfidence": lambda: UnderconfidenceError(n_bins),
+        "brier": lambda: BrierScore(),
+        "nll": lambda: NegativeLogLikelihood(),
+    }
+    return builders[name]()
+
+
+AVAILABLE_METRICS = (
+    "ece", "adaece", "mce", "rmsce", "debiased_rmsce", "classwise_ece", "marginal_rmsce", "smece",
+    "overconfidence", "underconfidence", "brier", "nll",
+)
+
+
+def get_batch_entry(batch: Any, key: int | str, owner: str, role: str) -> torch.Tensor:
+    """``batch[key]`` (list, tuple or dict batch) with an error that names the valid keys."""
+    try:
+        value = batch[key]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(batch, Mapping):
+            valid: Any = list(batch.keys())
+        elif isinstance(batch, Sequence):
+            valid = list(range(len(batch)))
+        else:
+            valid = f"none (the batch is a {type(batch).__name__})"
+        raise KeyError(
+            f"{owner}: the batch has no entry {key!r} for the {role}; valid keys are {valid}. Set {role}_key."
+        ) from None
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{owner}: batch[{key!r}] ({role}) must be a tensor, got {type(value).__name__}.")
+    return value
+
+
+def labels_of(targets: torch.Tensor) -> torch.Tensor:
+    """Class labels from (B,) labels or dense (B, C) targets (their largest weight)."""
+    if targets.is_floating_point() and targets.dim() == 2:
+        return targets.argmax(-1)
+    return targets.long()
+
+
+def figure_to_rgb(fig: Any):
+    """(H, W, 3) uint8 numpy image of a matplotlib figure (for loggers' ``log_image``)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class CalibrationMonitor(Callback):
+    """Log calibration metrics as ``{stage}/cal/{name}`` and a reliability diagram each validation/test epoch.
+
+    Logits come from what ``validation_step``/``test_step`` return: a dict with ``logits_key``
+    (``SmallCNN`` returns ``{"logits": ..., "loss": ...}``). When the step returns something else,
+    the callback runs the module's forward on ``batch[input_key]`` itself (one extra forward
+    pass per batch, under ``no_grad``). Labels are ``batch[target_key]`` (dense targets use
+    their largest weight). Logits are cast to float32; the metrics live on the module's device,
+    keep constant-size state (per-bin sums) and synchronise under DDP before they are logged.
+    Stages: ``"validate"`` (validation during fit and ``trainer.validate``, prefix ``val``) and
+    ``"test"`` (prefix ``test``); the sanity check is skipped.
+
+    Metrics (``metrics``, names as logged): ``ece``, ``adaece`` (equal-mass bins), ``mce``,
+    ``rmsce``, ``debiased_rmsce``, ``classwise_ece``, ``marginal_rmsce`` (debiased, equal-mass,
+    Kumar et al.), ``smece``, ``overconfidence``, ``underconfidence``, ``brier``, ``nll``; all
+    with ``n_bins`` bins where binned.
+
+    The reliability diagram (``plot=True``, needs ``pip install lightning-mix[plot]``) goes to
+    every logger: ``add_figure`` on TensorBoard, ``log_image`` where a logger has it, otherwise a
+    PNG under ``trainer.log_dir/reliability_diagrams/``. With no logger at all nothing is written.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.loggers import CSVLogger
+        from lightning_mix.callbacks import CalibrationMonitor
+        from lightning_mix.demos import MNIST5kDataModule, SmallCNN
+
+        trainer = Trainer(max_epochs=3, logger=CSVLogger("logs"),
+                          callbacks=[CalibrationMonitor(metrics=["ece", "smece", "nll"])])
+        trainer.fit(SmallCNN(), datamodule=MNIST5kDataModule(label_noise=0.3))
+        # logs val/cal/ece, val/cal/smece, val/cal/nll and logs/.../reliability_diagrams/*.png
+    """
+
+    def __init__(
+        self,
+        metrics: list[str] | None = None,
+        logits_key: str = "logits",
+        input_key: int | str = 0,
+        target_key: int | str = 1,
+        stages: list[str] | tuple[str, ...] = ("validate", "test"),
+        plot: bool = True,
+        n_bins: int = 15,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        names = list(DEFAULT_METRICS if metrics is None else metrics)
+        unknown = [n for n in names if n not in AVAILABLE_METRICS]
+        if unknown:
+            raise ValueError(f"unknown calibration metric(s) {unknown}; choose from {list(AVAILABLE_METRICS)}.")
+        bad_stages = [s for s in stages if s not in _STAGE_PREFIX]
+        if bad_stages:
+            raise ValueError(f"stages must be among {list(_STAGE_PREFIX)}, got {bad_stages}.")
+        if plot:
+            require_matplotlib()
+        self.metric_names = names
+        self.logits_key = logits_key
+        self.input_key = input_key
+        self.target_key = target_key
+        self.stages = tuple(stages)
+        self.plot = plot
+        self.n_bins = n_bins
+        self.num_classes = num_classes
+        self._metrics: dict[str, dict[str, Metric]] = {}
+        self.last_figure_paths: list[Path] = []
+
+    # ---------------------------------------------------------------------------------- hooks
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("validate", trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("test", trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update("validate", trainer, pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._update("test", trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish("validate", trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish("test", trainer, pl_module)
+
+    # ---------------------------------------------------------------------------------- work
+
+    def _active(self, stage: str, trainer: pl.Trainer) -> bool:
+        return stage in self.stages and not trainer.sanity_checking
+
+    def _start(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._metrics.pop(stage, None)
+        if self._active(stage, trainer) and self.num_classes is not None:
+            self._create(stage, self.num_classes, pl_module.device)
+
+    def _create(self, stage: str, num_classes: int, device: torch.device) -> dict[str, Metric]:
+        metrics = {name: _build_metric(name, self.n_bins, num_classes) for name in self.metric_names}
+        if self.plot:
+            metrics["_diagram"] = ReliabilityDiagram(self.n_bins)
+        for metric in metrics.values():
+            metric.to(device)
+        self._metrics[stage] = metrics
+        return metrics
+
+    def _logits(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> torch.Tensor:
+        if isinstance(outputs, Mapping) and self.logits_key in outputs:
+            logits = outputs[self.logits_key]
+        else:
+            inputs = get_batch_entry(batch, self.input_key, "CalibrationMonitor", "input")
+            with torch.no_grad():
+                logits = pl_module(inputs)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"CalibrationMonitor: logits must be a tensor, got {type(logits).__name__}.")
+        return logits.detach().float()
+
+    def _update(self, stage: str, trainer, pl_module, outputs: Any, batch: Any) -> None:
+        if not self._active(stage, trainer):
+            return
+        logits = self._logits(pl_module, outputs, batch)
+        labels = labels_of(get_batch_entry(batch, self.target_key, "CalibrationMonitor", "target")).to(logits.device)
+        metrics = self._metrics.get(stage)
+        if metrics is None:
+            num_classes = 2 if logits.dim() == 1 else logits.shape[-1]
+            metrics = self._create(stage, num_classes, logits.device)
+        for metric in metrics.values():
+            metric.update(logits, labels)
+
+    def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active(stage, trainer):
+            return
+        metrics = self._metrics.pop(stage, None)
+        if metrics is None:
+            return
+        prefix = _STAGE_PREFIX[stage]
+        for name in self.metric_names:
+            pl_module.log(f"{prefix}/cal/{name}", metrics[name].compute(), sync_dist=True)
+        if self.plot:
+            diagram = metrics["_diagram"].compute()  # every rank joins the sync
+            if trainer.is_global_zero:
+                self._log_figure(trainer, prefix, diagram)
+
+    def _log_figure(self, trainer: pl.Trainer, prefix: str, diagram: dict[str, torch.Tensor]) -> None:
+        if not trainer.loggers:
+            return
+        from lightning_mix.metrics.plot import plot_reliability_diagram
+
+        step, epoch = trainer.global_step, trainer.current_epoch
+        tag = f"{prefix}/cal/reliability_diagram"
+        fig, _ = plot_reliability_diagram(diagram, title=f"{prefix} reliability (epoch {epoch})")
+        wrote_png = False
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(tag, fig, global_step=step, close=False)
+            elif hasattr(logger, "log_image"):
+                logger.log_image(key=tag, images=[figure_to_rgb(fig)], step=step)
+            elif not wrote_png:
+                self._save_png(fig, trainer, prefix, epoch, step)
+                wrote_png = True
+
+    def _save_png(self, fig: Any, trainer: pl.Trainer, prefix: str, epoch: int, step: int) -> None:
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "reliability_diagrams"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{prefix}_epoch{epoch:03d}_step{step:07d}.png"
+        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
+        os.close(handle)
+        try:
+            fig.savefig(tmp, format="png", dpi=100)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self.last_figure_paths.append(path)
