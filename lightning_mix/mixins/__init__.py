@@ -1,1 +1,5 @@
-"""lightning_mix.mixins"""
+"""LightningModule mixins for methods that must change the training step (extra forward passes, ...)."""
+
+from lightning_mix.mixins.rank_mixup import RankMixupMixin
+
+__all__ = ["RankMixupMixin"]

@@ -1,0 +1,219 @@
+"""ManifoldMixup: mixes the hidden states of a randomly chosen layer through a one-shot forward hook."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from lightning_mix.callbacks._batch_access import BatchKey, get_entry, set_entry
+from lightning_mix.callbacks._rng import CounterStream
+from lightning_mix.callbacks.mixing import infer_num_classes
+from lightning_mix.mixing import Mixup, dense_targets, mix_targets
+
+INPUT = "input"
+_LAYER_SALT = 1
+
+
+def mix_hidden(hidden: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``lam[i] * h[i] + (1 - lam[i]) * h[index[i]]`` over the first (batch) dimension, in ``h``'s dtype."""
+    weight = lam.to(device=hidden.device, dtype=hidden.dtype).view(-1, *([1] * (hidden.dim() - 1)))
+    return torch.lerp(hidden.index_select(0, index.to(hidden.device)), hidden, weight)
+
+
+class ManifoldMixup(Callback):
+    """Manifold Mixup (Verma et al. 2019): mix hidden states at a layer drawn at random each step.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_mix.callbacks import ManifoldMixup
+        from lightning_mix.demos import MNIST5kDataModule, SmallCNN
+
+        model = SmallCNN()      # a training_step that accepts dense targets (soft_cross_entropy)
+        mixup = ManifoldMixup(layers=["input", "block1", "block2"], alpha=2.0, num_classes=10)
+        Trainer(max_epochs=10, callbacks=[mixup]).fit(model, MNIST5kDataModule())
+
+    Each training batch, in ``on_train_batch_start``:
+
+    * one name is drawn uniformly from ``layers`` (dotted names from ``model.named_modules()``,
+      plus ``"input"`` for the inputs themselves), a partner ``index`` from ``pairing`` and ``lam``
+      from Beta(alpha, alpha);
+    * the targets are made dense (class indices with ``num_classes`` and ``label_smoothing``) and
+      mixed in place: ``t = lam * t + (1 - lam) * t[index]``;
+    * for ``"input"`` the inputs are mixed in place; for a module, a forward hook replaces that
+      module's output ``h`` with ``lam * h + (1 - lam) * h[index]`` in the *first* training-mode
+      forward through it, then removes itself. A forward that never reaches the layer leaves the
+      hook to be removed at ``on_train_batch_end``. Validation, test and predict forwards, and
+      any forward with the module in eval mode, are never mixed.
+
+    The module must return a tensor whose first dimension is the batch. The training step must
+    use a loss that takes dense targets (e.g. :func:`lightning_mix.losses.soft_cross_entropy`).
+    The draw of the current step is exposed as :attr:`last_layer`, :attr:`last_index` and
+    :attr:`last_lam` (for pair-aware losses such as :func:`~lightning_mix.losses.decoupled_mixup_loss`).
+
+    The batch must be a list or a dict (``default_collate`` makes one); tuples cannot be changed
+    in place and raise an error. Randomness follows ``MixingCallback``: a stream seeded by
+    ``seed`` (or ``torch.initial_seed()``), the global rank and a batch counter, saved in the
+    checkpoint, so DDP ranks draw differently and a resumed run continues the same sequence.
+
+    Args:
+        layers: candidate layers; ``"input"`` and module names such as ``"block1"`` or ``"encoder.layer.3"``.
+            The authors mix at {input, block1, block2} of a ResNet.
+        alpha: Beta(alpha, alpha) concentration of lam (authors: 2.0).
+        num_classes: needed for class-index targets; None reads the module's or datamodule's ``num_classes``.
+        label_smoothing: smoothing applied when class indices are made dense.
+        mode: ``"batch"`` (one lam per step, as the authors), ``"elem"`` (one per sample) or
+            ``"pair"`` (one per pair, with ``pairing="random"`` or ``"flip"``).
+        pairing: partner rule of :class:`~lightning_mix.mixing.Mixup`: ``"random"`` (a permutation),
+            ``"flip"``, ``"roll"``, or by class ``"different_class"``/``"same_class"``.
+        input_key: index or key of the inputs in the batch.
+        target_key: index or key of the targets in the batch.
+        seed: seed of the mixing stream; None takes ``torch.initial_seed()``.
+    """
+
+    def __init__(
+        self,
+        layers: list[str] = ["input"],  # noqa: B006  (jsonargparse shows the default; never mutated)
+        alpha: float = 2.0,
+        num_classes: Optional[int] = None,
+        label_smoothing: float = 0.0,
+        mode: str = "batch",
+        pairing: str = "random",
+        input_key: BatchKey = 0,
+        target_key: BatchKey = 1,
+        seed: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(layers, str):
+            layers = [layers]
+        if not layers:
+            raise ValueError('layers must name at least one layer, e.g. ["input", "block1"].')
+        if not alpha > 0:
+            raise ValueError(f"alpha must be positive, got {alpha}.")
+        self._mixup = Mixup(alpha=alpha, mode=mode, pairing=pairing)  # validates; draws (index, lam)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
+        self.layers = list(layers)
+        self.alpha = alpha
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.mode = mode
+        self.pairing = pairing
+        self.input_key = input_key
+        self.target_key = target_key
+        self.seed = seed
+        self.last_layer: Optional[str] = None
+        self.last_index: Optional[torch.Tensor] = None
+        self.last_lam: Optional[torch.Tensor] = None
+        self._modules: dict[str, Optional[nn.Module]] = {}
+        self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._stream: Optional[CounterStream] = None
+        self._restored: Optional[dict[str, int]] = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=tuple(self.layers), input_key=self.input_key)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        named = {name: module for name, module in pl_module.named_modules() if name}
+        missing = [name for name in self.layers if name != INPUT and name not in named]
+        if missing:
+            raise ValueError(
+                f"ManifoldMixup: no module named {missing} in {type(pl_module).__name__}. "
+                f"Valid layer names are {[INPUT, *named]}."
+            )
+        self._modules = {name: (None if name == INPUT else named[name]) for name in self.layers}
+        if self.num_classes is None:
+            self.num_classes = infer_num_classes(trainer, pl_module)
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        self._stream = CounterStream(seed, rank=trainer.global_rank)
+        if self._restored is not None:
+            self._stream.seed, self._stream.counter = self._restored["seed"], self._restored["counter"]
+            self._restored = None
+
+    # -- per batch -----------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._remove_hook()
+        inputs = get_entry(batch, self.input_key, "ManifoldMixup", "input")
+        targets = self._dense(get_entry(batch, self.target_key, "ManifoldMixup", "target"))
+        stream = self._stream
+        choice = torch.randint(len(self.layers), (), generator=stream.generator(torch.device("cpu"), _LAYER_SALT))
+        layer = self.layers[int(choice)]
+        batch_size = inputs.shape[0]
+        index, lam = self._mixup.draw(batch_size, stream.generator(inputs.device), inputs.device, labels=targets)
+        stream.advance()
+        self.last_layer, self.last_index, self.last_lam = layer, index, lam
+        set_entry(batch, self.target_key, mix_targets(targets, index, lam))
+        if layer == INPUT:
+            set_entry(batch, self.input_key, mix_hidden(inputs, index, lam))
+        else:
+            self._handle = self._modules[layer].register_forward_hook(self._make_hook(layer, index, lam))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._remove_hook()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hook()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hook()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hook()
+
+    def _make_hook(self, layer: str, index: torch.Tensor, lam: torch.Tensor):
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not module.training:  # an eval-mode forward inside the step: leave it alone
+                return None
+            if not torch.is_tensor(output):
+                raise TypeError(
+                    f"ManifoldMixup: layer {layer!r} returned {type(output).__name__}, not a tensor; "
+                    "choose a layer whose output is one tensor with the batch first."
+                )
+            if output.shape[0] != index.shape[0]:
+                raise RuntimeError(
+                    f"ManifoldMixup: layer {layer!r} output has {output.shape[0]} rows in its first dimension "
+                    f"but the batch has {index.shape[0]} samples; choose a layer whose output is batch-first."
+                )
+            self._remove_hook()  # one shot: only the first training forward of this step is mixed
+            return mix_hidden(output, index, lam)
+
+        return hook
+
+    def _remove_hook(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _dense(self, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():
+            return targets
+        if self.num_classes is None:
+            raise ValueError(
+                "ManifoldMixup received class-index targets but num_classes is not set and neither the "
+                "module nor the datamodule has a num_classes; pass num_classes=<number of classes>."
+            )
+        return dense_targets(targets, self.num_classes, self.label_smoothing)
+
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._stream is None:
+            return {}
+        return {"seed": self._stream.seed, "counter": self._stream.counter}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        restored = {"seed": int(state_dict["seed"]), "counter": int(state_dict["counter"])}
+        if self._stream is not None:
+            self._stream.seed, self._stream.counter = restored["seed"], restored["counter"]
+        else:
+            self._restored = restored
