@@ -6,13 +6,11 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from lightning_mix.callbacks._batch_access import BatchKey, get_entry, set_entry
-from lightning_mix.callbacks._rng import CounterStream
-from lightning_mix.callbacks.mixing import infer_num_classes
-from lightning_mix.mixing import Mixup, dense_targets, mix_targets
+from lightning_mix.callbacks._batch_access import BatchKey, set_entry
+from lightning_mix.callbacks._mixing_base import MixingCallbackBase
+from lightning_mix.mixing import Mixup, mix_targets
 
 INPUT = "input"
 _LAYER_SALT = 1
@@ -24,7 +22,7 @@ def mix_hidden(hidden: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> 
     return torch.lerp(hidden.index_select(0, index.to(hidden.device)), hidden, weight)
 
 
-class ManifoldMixup(Callback):
+class ManifoldMixup(MixingCallbackBase):
     """Manifold Mixup (Verma et al. 2019): mix hidden states at a layer drawn at random each step.
 
     Example::
@@ -87,7 +85,7 @@ class ManifoldMixup(Callback):
         target_key: BatchKey = 1,
         seed: Optional[int] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
         if isinstance(layers, str):
             layers = [layers]
         if not layers:
@@ -95,24 +93,15 @@ class ManifoldMixup(Callback):
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}.")
         self._mixup = Mixup(alpha=alpha, mode=mode, pairing=pairing)  # validates; draws (index, lam)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
         self.layers = list(layers)
         self.alpha = alpha
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
         self.mode = mode
         self.pairing = pairing
-        self.input_key = input_key
-        self.target_key = target_key
-        self.seed = seed
         self.last_layer: Optional[str] = None
         self.last_index: Optional[torch.Tensor] = None
         self.last_lam: Optional[torch.Tensor] = None
         self._modules: dict[str, Optional[nn.Module]] = {}
         self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
-        self._stream: Optional[CounterStream] = None
-        self._restored: Optional[dict[str, int]] = None
 
     @property
     def state_key(self) -> str:
@@ -129,26 +118,18 @@ class ManifoldMixup(Callback):
                 f"Valid layer names are {[INPUT, *named]}."
             )
         self._modules = {name: (None if name == INPUT else named[name]) for name in self.layers}
-        if self.num_classes is None:
-            self.num_classes = infer_num_classes(trainer, pl_module)
-        seed = self.seed if self.seed is not None else torch.initial_seed()
-        self._stream = CounterStream(seed, rank=trainer.global_rank)
-        if self._restored is not None:
-            self._stream.seed, self._stream.counter = self._restored["seed"], self._restored["counter"]
-            self._restored = None
+        super().on_fit_start(trainer, pl_module)
 
     # -- per batch -----------------------------------------------------------------------------
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._remove_hook()
-        inputs = get_entry(batch, self.input_key, "ManifoldMixup", "input")
-        targets = self._dense(get_entry(batch, self.target_key, "ManifoldMixup", "target"))
-        stream = self._stream
-        choice = torch.randint(len(self.layers), (), generator=stream.generator(torch.device("cpu"), _LAYER_SALT))
+        inputs, targets = self.read_batch(batch)
+        choice = torch.randint(len(self.layers), (), generator=self.generator(torch.device("cpu"), _LAYER_SALT))
         layer = self.layers[int(choice)]
         batch_size = inputs.shape[0]
-        index, lam = self._mixup.draw(batch_size, stream.generator(inputs.device), inputs.device, labels=targets)
-        stream.advance()
+        index, lam = self._mixup.draw(batch_size, self.generator(inputs.device), inputs.device, labels=targets)
+        self.advance()
         self.last_layer, self.last_index, self.last_lam = layer, index, lam
         set_entry(batch, self.target_key, mix_targets(targets, index, lam))
         if layer == INPUT:
@@ -191,29 +172,3 @@ class ManifoldMixup(Callback):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-
-    def _dense(self, targets: torch.Tensor) -> torch.Tensor:
-        if targets.is_floating_point():
-            return targets
-        if self.num_classes is None:
-            raise ValueError(
-                "ManifoldMixup received class-index targets but num_classes is not set and neither the "
-                "module nor the datamodule has a num_classes; pass num_classes=<number of classes>."
-            )
-        return dense_targets(targets, self.num_classes, self.label_smoothing)
-
-    # -- checkpoint ----------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._stream is None:
-            return {}
-        return {"seed": self._stream.seed, "counter": self._stream.counter}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        restored = {"seed": int(state_dict["seed"]), "counter": int(state_dict["counter"])}
-        if self._stream is not None:
-            self._stream.seed, self._stream.counter = restored["seed"], restored["counter"]
-        else:
-            self._restored = restored

@@ -6,15 +6,13 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 
-from lightning_mix.callbacks._batch_access import BatchKey, get_entry, set_entry
-from lightning_mix.callbacks._rng import CounterStream
-from lightning_mix.callbacks.mixing import infer_num_classes
-from lightning_mix.mixing import Mixup, dense_targets
+from lightning_mix.callbacks._batch_access import BatchKey, set_entry
+from lightning_mix.callbacks._mixing_base import MixingCallbackBase
+from lightning_mix.mixing import Mixup
 
 
-class RegMixup(Callback):
+class RegMixup(MixingCallbackBase):
     """RegMixup (Pinto et al. 2022): mixup as a regulariser added to clean training.
 
     Example::
@@ -64,67 +62,24 @@ class RegMixup(Callback):
         target_key: BatchKey = 1,
         seed: Optional[int] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}.")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
         self._mixup = Mixup(alpha=alpha, mode=mode, pairing=pairing)  # validates alpha, mode and pairing
         self.alpha = alpha
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
         self.mode = mode
         self.pairing = pairing
-        self.input_key = input_key
-        self.target_key = target_key
-        self.seed = seed
         self.last_index: Optional[torch.Tensor] = None
         self.last_lam: Optional[torch.Tensor] = None
-        self._stream: Optional[CounterStream] = None
-        self._restored: Optional[dict[str, int]] = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(input_key=self.input_key)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.num_classes is None:
-            self.num_classes = infer_num_classes(trainer, pl_module)
-        seed = self.seed if self.seed is not None else torch.initial_seed()
-        self._stream = CounterStream(seed, rank=trainer.global_rank)
-        if self._restored is not None:
-            self._stream.seed, self._stream.counter = self._restored["seed"], self._restored["counter"]
-            self._restored = None
-
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        inputs = get_entry(batch, self.input_key, "RegMixup", "input")
-        targets = self._dense(get_entry(batch, self.target_key, "RegMixup", "target"))
-        mixed = self._mixup(inputs, targets, generator=self._stream.generator(inputs.device))
-        self._stream.advance()
+        inputs, targets = self.read_batch(batch)
+        mixed = self._mixup(inputs, targets, generator=self.generator(inputs.device))
+        self.advance()
         self.last_index, self.last_lam = mixed.index, mixed.lam
         set_entry(batch, self.input_key, torch.cat([inputs, mixed.inputs], dim=0))
         set_entry(batch, self.target_key, torch.cat([targets, mixed.targets], dim=0))
-
-    def _dense(self, targets: torch.Tensor) -> torch.Tensor:
-        if targets.is_floating_point():
-            return targets
-        if self.num_classes is None:
-            raise ValueError(
-                "RegMixup received class-index targets but num_classes is not set and neither the "
-                "module nor the datamodule has a num_classes; pass num_classes=<number of classes>."
-            )
-        return dense_targets(targets, self.num_classes, self.label_smoothing)
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._stream is None:
-            return {}
-        return {"seed": self._stream.seed, "counter": self._stream.counter}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        restored = {"seed": int(state_dict["seed"]), "counter": int(state_dict["counter"])}
-        if self._stream is not None:
-            self._stream.seed, self._stream.counter = restored["seed"], restored["counter"]
-        else:
-            self._restored = restored

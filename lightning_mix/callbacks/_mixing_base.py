@@ -1,0 +1,116 @@
+"""What every batch-mixing callback shares: dense targets, the per-rank random stream, resume state."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_mix.callbacks._batch_access import BatchKey, get_entry
+from lightning_mix.callbacks._rng import CounterStream
+from lightning_mix.mixing import dense_targets
+
+
+def infer_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[int]:
+    """``num_classes`` from the module's hyperparameters or attribute, else from the datamodule."""
+    for owner in (pl_module, getattr(trainer, "datamodule", None)):
+        if owner is None:
+            continue
+        hparams = getattr(owner, "hparams", {})
+        value = hparams.get("num_classes") if hasattr(hparams, "get") else None
+        value = value if value is not None else getattr(owner, "num_classes", None)
+        if isinstance(value, int) and value >= 2:
+            return value
+    return None
+
+
+class MixingCallbackBase(Callback):
+    """Base of the callbacks that mix training batches in place (MixingCallback, RegMixup, ManifoldMixup).
+
+    It owns the options they share and the bookkeeping behind them:
+
+    * class-index targets become dense targets with label smoothing (``num_classes`` from the
+      argument, else from the module's or datamodule's ``num_classes`` at the start of fit);
+    * a :class:`~lightning_mix.callbacks._rng.CounterStream` seeded from ``seed`` (or
+      ``torch.initial_seed()``), the global rank and a batch counter, so ranks draw different
+      values and a resumed run continues the same sequence; seed and counter are the checkpoint
+      state.
+
+    Subclasses implement ``on_train_batch_start`` with :meth:`read_batch` and
+    :meth:`generator`, and call :meth:`advance` once per batch.
+    """
+
+    def __init__(
+        self,
+        num_classes: Optional[int],
+        label_smoothing: float,
+        input_key: BatchKey,
+        target_key: BatchKey,
+        seed: Optional[int],
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.input_key = input_key
+        self.target_key = target_key
+        self.seed = seed
+        self._stream: Optional[CounterStream] = None
+        self._restored: Optional[dict[str, int]] = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.num_classes is None:
+            self.num_classes = infer_num_classes(trainer, pl_module)
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        self._stream = CounterStream(seed, rank=trainer.global_rank)
+        if self._restored is not None:
+            self._stream.seed, self._stream.counter = self._restored["seed"], self._restored["counter"]
+            self._restored = None
+
+    def read_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's inputs and its targets made dense (the batch is checked to be mutable)."""
+        owner = type(self).__name__
+        inputs = get_entry(batch, self.input_key, owner, "input")
+        targets = get_entry(batch, self.target_key, owner, "target")
+        return inputs, self.dense(targets)
+
+    def dense(self, targets: torch.Tensor) -> torch.Tensor:
+        """Class indices to dense targets; dense float targets pass through unchanged."""
+        if targets.is_floating_point():
+            return targets
+        if self.num_classes is None:
+            raise ValueError(
+                f"{type(self).__name__} received class-index targets but num_classes is not set and "
+                "neither the module nor the datamodule has a num_classes; pass "
+                "num_classes=<number of classes> so they can be turned into dense targets."
+            )
+        return dense_targets(targets, self.num_classes, self.label_smoothing)
+
+    def generator(self, device: torch.device, salt: int = 0) -> torch.Generator:
+        """This batch's generator on ``device``; ``salt`` separates independent uses in one batch."""
+        if self._stream is None:
+            raise RuntimeError(f"{type(self).__name__} is used outside fit: its random stream starts in on_fit_start.")
+        return self._stream.generator(device, salt)
+
+    def advance(self) -> None:
+        """Move the stream to the next batch."""
+        self._stream.advance()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._stream is None:
+            return {}
+        return {"seed": self._stream.seed, "counter": self._stream.counter}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        restored = {"seed": int(state_dict["seed"]), "counter": int(state_dict["counter"])}
+        if self._stream is not None:  # restored after on_fit_start
+            self._stream.seed, self._stream.counter = restored["seed"], restored["counter"]
+        else:
+            self._restored = restored
