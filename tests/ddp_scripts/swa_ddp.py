@@ -1,0 +1,33 @@
+"""SWA under DDP (2 CPU processes): identical weights on every rank, BN statistics pooled over ranks."""
+
+import sys
+from pathlib import Path
+
+import torch
+from ema_common import TinyBN, float_state
+from lightning.pytorch import Trainer, seed_everything
+
+from lightning_mix.callbacks.swa import SWA
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    seed_everything(0)
+    model = TinyBN()
+    swa = SWA(start_epoch=1, input_key="x")
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[swa],
+    )
+    trainer.fit(model)
+    torch.save(
+        {"module": float_state(model), "num_averaged": swa.num_averaged, "train_x": model.train_x},
+        out / f"rank{trainer.global_rank}.pt",
+    )
