@@ -12,8 +12,10 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: s
     Integer class indices (B,) are accepted too and go to ``F.cross_entropy``, so a model's
     training step needs one loss whether or not a mixing callback made its targets dense.
 
-    The dense case is computed as ``logsumexp(z) * sum(t) - sum(t * z)``, which is the same value
-    without materialising the (B, C) log-softmax; it runs in float32 whatever the logits' dtype
+    The dense case is ``F.cross_entropy`` with probability targets (``-sum_c t_c log_softmax(z)_c``
+    per row, no requirement that rows sum to one), whose fused log-softmax kernels were faster
+    forward+backward than a hand-written ``logsumexp(z) * sum(t) - <t, z>`` (with or without a
+    custom backward; 1.3-1.6x slower on CPU when measured). It runs in float32 whatever the logits' dtype
     (bf16 logits under autocast lose too much precision in the log-sum-exp otherwise).
 
     Args:
@@ -30,11 +32,4 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: s
             f"dense targets must have the logits' shape {tuple(logits.shape)}, got {tuple(targets.shape)}; "
             "pass class indices (B,) or one row of class weights per sample."
         )
-    logits = logits.float()
-    targets = targets.float()
-    per_sample = torch.logsumexp(logits, dim=-1) * targets.sum(-1) - (targets * logits).sum(-1)
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
+    return F.cross_entropy(logits.float(), targets.float(), reduction=reduction)

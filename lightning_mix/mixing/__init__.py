@@ -4,6 +4,60 @@ A mixer is a callable ``mixer(inputs, targets, generator=None) -> MixedBatch``.
 """
 
 from lightning_mix.mixing.batch import MixedBatch
+from lightning_mix.mixing.mixers import (
+    BatchMixer,
+    CutMix,
+    FMix,
+    MidpointMixup,
+    Mixup,
+    RandomChoice,
+    ResizeMix,
+    box_corners,
+    box_masks,
+    fmix_masks,
+    fourier_maps,
+    paste_boxes,
+)
+from lightning_mix.mixing.saliency import SaliencyMix, saliency_peaks, spectral_residual_saliency
+from lightning_mix.mixing.sampling import (
+    MODES,
+    PAIRINGS,
+    Mode,
+    Pairing,
+    expand_draws,
+    label_kernel_probabilities,
+    make_pairing,
+    sample_beta,
+    sample_lam,
+)
 from lightning_mix.mixing.targets import dense_targets, mix_targets
 
-__all__ = ["MixedBatch", "dense_targets", "mix_targets"]
+__all__ = [
+    "MODES",
+    "PAIRINGS",
+    "BatchMixer",
+    "CutMix",
+    "FMix",
+    "MidpointMixup",
+    "MixedBatch",
+    "Mode",
+    "Pairing",
+    "Mixup",
+    "RandomChoice",
+    "ResizeMix",
+    "SaliencyMix",
+    "box_corners",
+    "box_masks",
+    "dense_targets",
+    "expand_draws",
+    "fmix_masks",
+    "fourier_maps",
+    "label_kernel_probabilities",
+    "make_pairing",
+    "mix_targets",
+    "paste_boxes",
+    "sample_beta",
+    "sample_lam",
+    "saliency_peaks",
+    "spectral_residual_saliency",
+]

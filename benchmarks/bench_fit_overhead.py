@@ -1,0 +1,70 @@
+"""Whole-fit overhead of EMA and ModelSoup on the main job (SmallCNN on MNIST5k with Mixup-or-CutMix).
+
+Runs the same fit without averaging, with EMA and with ModelSoup, interleaved over repeats so
+machine noise hits all variants alike, and prints the median wall time and the ratio to the
+plain fit. Target (issue 4): at most 1.10 for each.
+
+    python benchmarks/bench_fit_overhead.py --epochs 8 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_mix.callbacks import EMA, MixingCallback, ModelSoup
+from lightning_mix.demos import MNIST5kDataModule, SmallCNN
+from lightning_mix.mixing import CutMix, Mixup, RandomChoice
+
+
+def fit_seconds(variant: str, epochs: int, workdir: str) -> float:
+    pl.seed_everything(0, verbose=False)
+    callbacks = [MixingCallback(RandomChoice([Mixup(0.8), CutMix(1.0)]), seed=0)]
+    if variant == "ema":
+        callbacks.append(EMA(decay=0.99, warmup=True))
+    elif variant == "soup":
+        callbacks.append(ModelSoup(dirpath=workdir))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    start = time.perf_counter()
+    trainer.fit(SmallCNN(width=32, lr=0.003), datamodule=MNIST5kDataModule(batch_size=128))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    variants = ["plain", "ema", "soup"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as workdir:
+        fit_seconds("plain", 1, workdir)  # warm-up: imports, data loading, allocator
+        for repeat in range(args.repeats):
+            for variant in variants:
+                times[variant].append(fit_seconds(variant, args.epochs, workdir))
+                print(f"repeat {repeat} {variant:6s} {times[variant][-1]:7.2f} s", flush=True)
+    plain = statistics.median(times["plain"])
+    print(f"\nmain job, {args.epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'variant':8s} {'median s':>9s} {'ratio':>7s}")
+    for variant in variants:
+        median = statistics.median(times[variant])
+        print(f"{variant:8s} {median:9.2f} {median / plain:7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Time per batch of lightning_mix's mixers against timm's Mixup and torchvision's v2 MixUp/CutMix.
+
+Every figure is measured in the same run and printed as a ratio to its anchor (timm, same mode)
+so machines can be compared. Our time includes turning class indices into dense targets, as the
+anchors do inside their call. timm mixes in place, so it is given the same tensor every time
+(the values stay bounded); ours and torchvision's return new tensors.
+
+    python benchmarks/bench_mixing.py                 # CPU, about 2-3 minutes on 2 cores
+    python benchmarks/bench_mixing.py --device cuda   # the same on a GPU
+    python benchmarks/bench_mixing.py --repeats 5     # quicker, noisier
+
+Each contender is called ``--repeats`` times after warm-up, interleaved round-robin so a
+background load hits every contender alike. Median and best (minimum) times are printed; the
+ratios use the best times, the least disturbed by other jobs on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lightning_mix.losses import soft_cross_entropy
+from lightning_mix.mixing import CutMix, FMix, Mixup, ResizeMix, SaliencyMix, dense_targets
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(contenders: dict, repeats: int, device, warmup: int = 2) -> dict:
+    """Median and best seconds per call for each contender, interleaved round-robin."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
+def bench_mixers(batch, size, num_classes, repeats, device):
+    from timm.data import Mixup as TimmMixup
+    from torchvision.transforms import v2
+
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for kind in ("mixup", "cutmix"):
+        contenders = {}
+        for mode in ("batch", "pair", "elem"):
+            timm = TimmMixup(
+                mixup_alpha=1.0 if kind == "mixup" else 0.0,
+                cutmix_alpha=1.0 if kind == "cutmix" else 0.0,
+                mode=mode,
+                num_classes=num_classes,
+            )
+            ours = Mixup(alpha=1.0, mode=mode) if kind == "mixup" else CutMix(alpha=1.0, mode=mode)
+            contenders[f"timm {mode}"] = lambda timm=timm: timm(x, y)
+            contenders[f"ours {mode}"] = lambda ours=ours: ours(x, dense_targets(y, num_classes), g)
+        tv = v2.MixUp(alpha=1.0, num_classes=num_classes) if kind == "mixup" else v2.CutMix(alpha=1.0, num_classes=num_classes)
+        contenders["torchvision batch"] = lambda tv=tv: tv(x, y)
+        res = measure(contenders, repeats, device)
+        for mode in ("batch", "pair", "elem"):
+            ours_t, timm_t = res[f"ours {mode}"], res[f"timm {mode}"]
+            rows.append((kind, mode, ours_t, timm_t, timm_t[1] / ours_t[1], res["timm elem"][1] / ours_t[1], "timm"))
+        tv_t = res["torchvision batch"]
+        rows.append((kind, "batch", res["ours batch"], tv_t, tv_t[1] / res["ours batch"][1], float("nan"), "torchvision v2"))
+    others = {
+        f"{name} {mode}": (lambda m=m: m(x, dense_targets(y, num_classes), g))
+        for name, cls in (("FMix", FMix), ("ResizeMix", ResizeMix), ("SaliencyMix", SaliencyMix))
+        for mode in ("batch", "elem")
+        for m in [cls(mode=mode)]
+    }
+    other_res = measure(others, max(3, repeats // 3), device, warmup=1)
+    return rows, other_res
+
+
+def bench_loss(batch, classes, repeats, device):
+    z = torch.randn(batch, classes, device=device, requires_grad=True)
+    t = torch.softmax(torch.randn(batch, classes, device=device), dim=-1)
+
+    def step(fn):
+        def run():
+            z.grad = None
+            fn(z, t).backward()
+
+        return run
+
+    return measure({"F.cross_entropy": step(F.cross_entropy), "soft_cross_entropy": step(soft_cross_entropy)}, repeats, device)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats")
+    start = time.perf_counter()
+    for batch, size in ((256, 32), (128, 224)):
+        rows, others = bench_mixers(batch, size, 1000, args.repeats, device)
+        print(f"\n## B={batch} x 3x{size}x{size} float32, 1000 classes (ms per batch: median / best; ratios of best)")
+        print(f"{'method':8s} {'mode':6s} {'ours':>17s} {'anchor':>17s} {'anchor/ours':>11s} {'timm elem/ours':>14s}  anchor")
+        for kind, mode, ours_t, anchor_t, ratio, vs_elem, anchor in rows:
+            print(
+                f"{kind:8s} {mode:6s} {ours_t[0]*1e3:8.2f} /{ours_t[1]*1e3:7.2f} {anchor_t[0]*1e3:8.2f} /{anchor_t[1]*1e3:7.2f}"
+                f" {ratio:11.2f} {vs_elem:14.2f}  {anchor} {mode if anchor == 'timm' else 'batch (roll)'}"
+            )
+        for key, (med, best) in others.items():
+            print(f"{key:18s} {med*1e3:8.2f} / {best*1e3:7.2f} ms (no anchor)")
+    print("\n## soft_cross_entropy vs F.cross_entropy with probability targets, forward + backward (us: median / best)")
+    for batch, classes in ((256, 10), (256, 1000), (1024, 1000)):
+        res = bench_loss(batch, classes, max(args.repeats * 4, 20), device)
+        ce, ours = res["F.cross_entropy"], res["soft_cross_entropy"]
+        print(
+            f"B={batch:5d} C={classes:5d}: F.ce {ce[0]*1e6:8.1f} / {ce[1]*1e6:8.1f}  ours {ours[0]*1e6:8.1f} / {ours[1]*1e6:8.1f}"
+            f"  F.ce/ours (best) {ce[1]/ours[1]:5.2f}"
+        )
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
