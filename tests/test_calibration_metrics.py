@@ -360,3 +360,22 @@ def test_smooth_ece_grid_state_close_to_exact_for_small_bandwidths():
     metric = SmoothECE(input="probs", binary="positive")
     metric.update(p, y)
     assert float(metric.compute()) == pytest.approx(float(exact), abs=1e-6)
+
+
+@pytest.mark.parametrize("input", ["probs", "logits"])
+def test_top_label_correctness_follows_the_first_maximum_on_ties(input):
+    """The fast CPU path (amax + gather) must agree with ``max(-1)`` indices, ties included."""
+    from lightning_mix.metrics.functional import top_label_confidence
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(500, 6, generator=generator)
+    scores[:100] = 0.0  # all classes tied
+    scores[100:200, :2] = 3.0  # two classes tied for the top
+    scores[200:250, 1:3] = 5.0
+    if input == "probs":
+        scores = scores.softmax(-1)
+    target = torch.randint(0, 6, (500,), generator=generator)
+    conf, correct = top_label_confidence(scores, target, input)
+    expected_conf, predicted = (scores.softmax(-1) if input == "logits" else scores).max(-1)
+    torch.testing.assert_close(correct, (predicted == target).to(correct.dtype))
+    torch.testing.assert_close(conf, expected_conf)
