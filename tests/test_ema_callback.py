@@ -250,7 +250,7 @@ def test_sharded_strategies_raise_a_clear_error():
 
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from lightning_mix.callbacks.ema import check_not_sharded
+    from lightning_mix.callbacks._trainer_state import check_not_sharded
     from lightning_mix.callbacks.swa import SWA
 
     for callback in (EMA(), SWA()):

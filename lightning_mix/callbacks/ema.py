@@ -18,22 +18,9 @@ from torch import Tensor
 
 from lightning_mix.averaging.ema import _module_named_tensors, averaging_copy, copy_tensors_, ema_update_
 from lightning_mix.averaging.schedules import ema_decay_at
+from lightning_mix.callbacks._trainer_state import check_not_sharded
 
 __all__ = ["EMA"]
-
-_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-
-
-def check_not_sharded(trainer: pl.Trainer, who: str) -> None:
-    """Raise a clear error under strategies that shard parameters across ranks."""
-    names = {cls.__name__ for cls in type(trainer.strategy).__mro__}
-    sharded = names.intersection(_SHARDED_STRATEGIES)
-    if sharded:
-        raise RuntimeError(
-            f"{who} does not support the {sorted(sharded)[0]} strategy: there every rank holds only a shard of "
-            "each parameter, so the averaged copy, the swap and the checkpoint layout would all be per shard. "
-            "Use strategy='ddp' (or a single device), or average the consolidated weights after training."
-        )
 
 
 class _AveragedWeights:

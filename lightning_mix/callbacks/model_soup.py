@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_mix.averaging.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from lightning_mix.averaging.soups import greedy_soup, load_ingredient, save_ingredient, uniform_soup
-from lightning_mix.callbacks.ema import check_not_sharded
+from lightning_mix.callbacks._trainer_state import check_not_sharded, is_last_training_batch
 
 __all__ = ["ModelSoup"]
 
@@ -205,10 +205,7 @@ class ModelSoup(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # after the epoch's last optimizer step, before the epoch-end validation and checkpoint
-        limit = trainer.num_training_batches
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or (
-            isinstance(limit, int) and batch_idx + 1 >= limit
-        ):
+        if is_last_training_batch(trainer, batch_idx):
             self._snapshot(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -21,7 +21,8 @@ from torch import nn
 
 from lightning_mix.averaging.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from lightning_mix.averaging.ema import running_mean_update_
-from lightning_mix.callbacks.ema import _AveragedWeights, check_not_sharded
+from lightning_mix.callbacks._trainer_state import check_not_sharded, is_last_training_batch
+from lightning_mix.callbacks.ema import _AveragedWeights
 
 __all__ = ["SWA"]
 
@@ -187,10 +188,7 @@ class SWA(Callback):
     ) -> None:
         # The snapshot is taken after the epoch's last optimizer step, before the epoch-end validation,
         # so a checkpoint saved there (ModelCheckpoint's default) already contains it.
-        limit = trainer.num_training_batches
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or (
-            isinstance(limit, int) and batch_idx + 1 >= limit
-        ):
+        if is_last_training_batch(trainer, batch_idx):
             self._snapshot(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

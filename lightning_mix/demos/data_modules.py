@@ -43,7 +43,33 @@ def symmetric_label_noise(labels: torch.Tensor, rate: float, num_classes: int, s
     return noisy
 
 
-class MNIST5kDataModule(pl.LightningDataModule):
+class _SplitDataModule(pl.LightningDataModule):
+    """Loaders over the ``train_set``/``val_set``/``test_set`` a subclass builds in ``setup``
+    (predict uses the test split); ``batch_size`` and ``num_workers`` are set by the subclass."""
+
+    batch_size: int
+    num_workers: int
+    train_set: TensorDataset | None
+    val_set: TensorDataset | None
+    test_set: TensorDataset | None
+
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class MNIST5kDataModule(_SplitDataModule):
     """5,000 MNIST digits shipped with the package: 3500 train / 500 val / 1000 test.
 
     The split comes from a permutation seeded by ``seed``, so every run and every DDP rank sees
@@ -95,23 +121,8 @@ class MNIST5kDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(val_x, val_y)
         self.test_set = TensorDataset(test_x, test_y)
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-
-class DiabetesDataModule(pl.LightningDataModule):
+class DiabetesDataModule(_SplitDataModule):
     """scikit-learn's diabetes regression data (442 patients, 10 features), shipped with the package.
 
     Split by a permutation seeded by ``seed`` into train / val / test (``val_fraction`` and
@@ -164,18 +175,3 @@ class DiabetesDataModule(pl.LightningDataModule):
         self.train_set, self.val_set, self.test_set = (
             TensorDataset(features[a:b], targets[a:b]) for a, b in splits
         )
-
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

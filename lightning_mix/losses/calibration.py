@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_mix.losses._reduction import reduce_loss
+
 __all__ = [
     "BrierLoss",
     "DCALoss",
@@ -34,16 +36,6 @@ __all__ = [
     "mdca_loss",
     "mmce_loss",
 ]
-
-
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "none":
-        return per_sample
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
 def _dense(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -88,7 +80,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 3.0, 
     dense = _dense(logits, targets)
     log_p = logits.float().log_softmax(-1)
     weight = (1 - log_p.exp()).clamp_min(0).pow(gamma)
-    return _reduce(-(dense * weight * log_p).sum(-1), reduction)
+    return reduce_loss(-(dense * weight * log_p).sum(-1), reduction)
 
 
 def flsd53_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -103,7 +95,7 @@ def flsd53_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "m
     p = log_p.exp()
     gamma = torch.where(p < 0.2, torch.full_like(p, 5.0), torch.full_like(p, 3.0))
     weight = (1 - p).clamp_min(0).pow(gamma)
-    return _reduce(-(dense * weight * log_p).sum(-1), reduction)
+    return reduce_loss(-(dense * weight * log_p).sum(-1), reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +114,7 @@ def label_smoothing_cross_entropy(
         raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}.")
     dense = _dense(logits, targets)
     dense = dense * (1 - smoothing) + smoothing / logits.shape[1]
-    return _reduce(_soft_ce(logits.float().log_softmax(-1), dense), reduction)
+    return reduce_loss(_soft_ce(logits.float().log_softmax(-1), dense), reduction)
 
 
 def mbls_loss(
@@ -139,7 +131,7 @@ def mbls_loss(
     z = logits.float()
     ce = _soft_ce(z.log_softmax(-1), dense)
     distance = z.amax(-1, keepdim=True) - z
-    return _reduce(ce + alpha * (distance - margin).clamp_min(0).sum(-1), reduction)
+    return reduce_loss(ce + alpha * (distance - margin).clamp_min(0).sum(-1), reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +192,7 @@ def mmce_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float = 1.0, wid
 def brier_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Brier loss ``sum_c (p_c - t_c)^2`` per sample (Brier 1950), for dense or index targets."""
     dense = _dense(logits, targets)
-    return _reduce((logits.float().softmax(-1) - dense).square().sum(-1), reduction)
+    return reduce_loss((logits.float().softmax(-1) - dense).square().sum(-1), reduction)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,19 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from lightning_mix.losses._reduction import reduce_loss
 from lightning_mix.mixing.targets import dense_targets, mix_targets
 
 __all__ = ["decoupled_mixup_loss", "mixup_ndcg_loss", "mixup_ranking_loss"]
-
-
-def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "none":
-        return per_sample
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
 def _class_ids(labels: torch.Tensor) -> torch.Tensor:
@@ -138,7 +129,7 @@ def decoupled_mixup_loss(
     lse_without_a = z.scatter(1, a[:, None], float("-inf")).logsumexp(-1)
     decoupled = (lse_without_b - z_a) + (lse_without_a - z_b)
     decoupled = torch.where(a != b, decoupled, torch.zeros_like(decoupled))
-    return _reduce(mixup_ce + eta * decoupled, reduction)
+    return reduce_loss(mixup_ce + eta * decoupled, reduction)
 
 
 def mixup_ranking_loss(
@@ -183,7 +174,7 @@ def mixup_ranking_loss(
         classes = _class_ids(labels).to(logits.device)
         different = classes.unsqueeze(0) != classes[index]
         hinge = hinge * different
-    return _reduce(hinge.mean(0), reduction)
+    return reduce_loss(hinge.mean(0), reduction)
 
 
 def mixup_ndcg_loss(
@@ -246,4 +237,4 @@ def mixup_ndcg_loss(
     dcg = (conf_sorted / discount).sum(0)
     idcg = (rel_sorted / discount).sum(0)
     ndcg = torch.minimum(dcg / idcg, idcg / dcg)
-    return _reduce(1.0 - ndcg, reduction)
+    return reduce_loss(1.0 - ndcg, reduction)
