@@ -30,6 +30,8 @@ def fit_seconds(variant: str, epochs: int, workdir: str) -> float:
         callbacks.append(EMA(decay=0.99, warmup=True))
     elif variant == "soup":
         callbacks.append(ModelSoup(dirpath=workdir))
+    elif variant.startswith("soup-bn"):  # BatchNorm recalibrated on the first N training batches
+        callbacks.append(ModelSoup(dirpath=workdir, bn_batches=int(variant.removeprefix("soup-bn"))))
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -48,9 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=["plain", "ema", "soup", "soup-bn8"],
+                        help="plain, ema, soup, or soup-bnN (ModelSoup with bn_batches=N)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    variants = ["plain", "ema", "soup"]
+    variants = args.variants
     times: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as workdir:
         fit_seconds("plain", 1, workdir)  # warm-up: imports, data loading, allocator

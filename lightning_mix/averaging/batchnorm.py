@@ -12,6 +12,9 @@ Improvements over ``torch.optim.swa_utils.update_bn``:
 - the statistics are the exact per-channel mean and unbiased variance over *all samples* seen
   (pooled with Chan's parallel update in float32, numerically stable), not a mean of per-batch
   variances, so unequal batch sizes (a short last batch) are weighted correctly;
+- at no extra cost: each layer runs with ``momentum=1`` so its running statistics after a forward
+  are that batch's own mean and unbiased variance, which a forward hook pools (SyncBatchNorm,
+  whose statistics are global, is measured from its input instead);
 - under ``torch.distributed`` the statistics of all ranks are pooled (weighted by each rank's
   sample count, including the spread between the ranks' means), so every rank ends with the same
   values;
@@ -94,6 +97,7 @@ class _Moments:
         self.batches = 0
 
     def hook(self, layer: nn.Module, args: tuple) -> None:
+        """Forward pre-hook: the batch's moments computed from the layer's input (any BN kind)."""
         x = args[0]
         if x.dim() < 2:
             return  # BN itself will raise a clearer error
@@ -102,9 +106,24 @@ class _Moments:
         if n == 0:
             return
         dims = [d for d in range(x.dim()) if d != 1]
-        x = x.detach().float()
-        var, mean = torch.var_mean(x, dim=dims, correction=0)
-        m2 = var * n
+        var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
+        self.add(n, mean, var * n)
+
+    def read_batch_statistics(self, layer: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook for a layer run with ``momentum=1``: its running statistics now hold exactly
+        this batch's mean and unbiased variance, which BatchNorm computed anyway, so nothing is
+        recomputed from the input."""
+        x = args[0]
+        channels = layer.num_features
+        n = x.numel() // channels if x.dim() >= 2 else 0
+        if n < 2:
+            return
+        mean = layer.running_mean.detach().float().clone()
+        m2 = layer.running_var.detach().float() * (n - 1)
+        self.add(n, mean, m2)
+
+    def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Merge one batch's (count, mean, sum of squared deviations) into the running moments."""
         self.batches += 1
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
@@ -193,12 +212,19 @@ def recalibrate_batchnorm(
         for layer in layers
     ]
     moments = [_Moments() for _ in layers]
-    handles = [layer.register_forward_pre_hook(mo.hook) for layer, mo in zip(layers, moments)]
+    handles = []
+    for layer, mo in zip(layers, moments):
+        if isinstance(layer, nn.SyncBatchNorm):  # its running statistics are global, not this batch's
+            handles.append(layer.register_forward_pre_hook(mo.hook))
+        else:
+            handles.append(layer.register_forward_hook(mo.read_batch_statistics))
     seen = 0
     try:
         for layer in layers:
             layer.reset_running_stats()
-            layer.momentum = None  # cumulative average inside BN too, in case anything reads it mid-pass
+            # momentum 1: after each forward the running statistics are that batch's own, which the
+            # hook pools exactly (SyncBatchNorm layers are measured from their input instead)
+            layer.momentum = 1.0
         module.train()
         for batch in batches:
             forward(module, batch)
