@@ -203,8 +203,43 @@ def test_greedy_soup_in_the_callback_leaves_out_a_harmful_ingredient(tmp_path):
     for key in ("net.0.weight", "net.3.weight"):
         harmful[key] = torch.randn(harmful[key].shape, generator=g) * 20.0
     soup._ingredients[1]["state_dict"] = harmful
+    soup._ingredients[1].pop("metric", None)  # the metric validated during fit was for the old weights
     soup.on_fit_end(trainer, model)
     assert 1 not in soup.greedy_epochs and len(soup.greedy_epochs) >= 1
     assert soup.results["epoch=1"] < min(soup.results["epoch=0"], soup.results["epoch=2"])
     kept = [soup._ingredients[e]["state_dict"]["net.0.weight"] for e in soup.greedy_epochs]
     torch.testing.assert_close(model.net[0].weight.detach(), torch.stack(kept).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_time_validation_metrics_are_reused_only_for_untouched_snapshots(tmp_path):
+    """Ingredients validated at epoch end on exactly their weights are not validated again; when
+    another callback swaps weights for validation (EMA), they are."""
+    from lightning_mix.callbacks import EMA
+
+    def fit(extra):
+        torch.manual_seed(0)
+        soup = ModelSoup(monitor="val/acc", recipes=("uniform",), save_soups=False)
+        evaluated = []
+        original = soup._evaluate
+
+        def counting(trainer, module, state_dict, label):
+            evaluated.append(label)
+            return original(trainer, module, state_dict, label)
+
+        soup._evaluate = counting
+        _trainer(tmp_path, [*extra, soup], max_epochs=3).fit(SoupNet(), SoupData())
+        return soup, evaluated
+
+    soup, evaluated = fit([])
+    assert not any(label.startswith("ingredient") for label in evaluated)
+    assert evaluated == ["the uniform soup of 3"]
+    ingredients = soup.ingredient_state_dicts()
+    for epoch in range(3):
+        model = SoupNet()
+        model.load_state_dict(ingredients[epoch])
+        assert _validate(model, tmp_path)["val/acc"] == pytest.approx(soup.results[f"epoch={epoch}"], abs=1e-6)
+
+    soup, evaluated = fit([EMA(decay=0.9)])
+    assert [label for label in evaluated if label.startswith("ingredient")] == [
+        f"ingredient {i + 1}/3 (epoch {i})" for i in range(3)
+    ]

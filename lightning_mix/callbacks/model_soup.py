@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -29,6 +30,11 @@ _KEEP = ("best", "uniform", "greedy", "last")
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _weights_version(module: nn.Module) -> int:
+    """Sum of the version counters of the module's parameters and buffers: changes with any in-place update."""
+    return sum(t._version for t in module.parameters()) + sum(t._version for t in module.buffers())
 
 
 class ModelSoup(Callback):
@@ -226,7 +232,7 @@ class ModelSoup(Callback):
             for value in state.values():
                 if isinstance(value, torch.Tensor):
                     torch.distributed.broadcast(value, src=0)
-        entry: dict[str, Any] = {"epoch": epoch, "step": trainer.global_step}
+        entry: dict[str, Any] = {"epoch": epoch, "step": trainer.global_step, "version": _weights_version(pl_module)}
         if self.on_disk:
             path = Path(self.storage) / f"ingredient-epoch={epoch:04d}.pt"
             if trainer.is_global_zero:
@@ -360,6 +366,29 @@ class ModelSoup(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.val_dataloaders is not None:
             self._val_dataloaders = trainer.val_dataloaders
+        self._record_fit_metric(trainer, pl_module)
+
+    def _record_fit_metric(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Keep the epoch-end validation's metric for the snapshot it validated, so the end of fit
+        need not validate that ingredient again.
+
+        Only when the validation ran on exactly the snapshot's weights: every in-place change of a
+        parameter or buffer (an optimizer step, another callback swapping an average in or out,
+        loading weights) bumps torch's version counters, so a snapshot whose counters no longer
+        match is validated again at the end of fit instead.
+        """
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or not self._ingredients:
+            return
+        entry = self._ingredients[-1]
+        if "metric" in entry or entry["epoch"] != trainer.current_epoch or entry.get("version") != _weights_version(pl_module):
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = torch.as_tensor(value, dtype=torch.float32).detach()
+        if trainer.world_size > 1:
+            value = trainer.strategy.reduce(value.to(trainer.strategy.root_device), reduce_op="mean")
+        entry["metric"] = float(value)
 
     _train_dataloader: Any = None
     _val_dataloaders: Any = None
@@ -391,9 +420,12 @@ class ModelSoup(Callback):
         finals: dict[str, Mapping[str, Any]] = {}
 
         ingredient_metrics = []
-        for i, (source, epoch) in enumerate(zip(sources, epochs)):
+        for i, (source, epoch, entry) in enumerate(zip(sources, epochs, self._ingredients)):
             label = f"ingredient {i + 1}/{count} (epoch {epoch})"
-            metric = self._evaluate(trainer, pl_module, load_ingredient(source), label)
+            if "metric" in entry:  # validated during fit on exactly these weights
+                metric = entry["metric"]
+            else:
+                metric = self._evaluate(trainer, pl_module, load_ingredient(source), label)
             ingredient_metrics.append(metric)
             self.results[f"epoch={epoch}"] = metric
 
