@@ -199,6 +199,47 @@ def test_paste_boxes_equals_where_with_box_mask(spatial, dtype, shared):
     torch.testing.assert_close(lam_corrected, keep.flatten(1).float().mean(1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("spatial", [(9, 70), (4, 3, 30), (7, 64)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_paste_boxes_row_gather_equals_where_with_box_mask(spatial, dtype, shared):
+    """Rows of 64+ elements take the row-gather path; it must equal where(keep, x, x[index]) too,
+    and the sample-gather path on a non-contiguous copy of the same batch."""
+    g = torch.Generator().manual_seed(7 + len(spatial))
+    b = 6
+    x = (torch.rand((b, 3, *spatial), generator=g) * 200).to(dtype)
+    n = 1 if shared else b
+    for index in (torch.randperm(b, generator=g), torch.arange(b - 1, -1, -1), torch.tensor([0, 2, 1, 3, 5, 4])):
+        lam = torch.rand(n, generator=g)
+        centres = torch.stack([torch.randint(0, s, (n,), generator=g) for s in spatial], dim=1)
+        keep, _ = box_masks(lam, centres, spatial)
+        lo, hi = box_corners(lam, centres, spatial)
+        out = paste_boxes(x, index, lo, hi)
+        assert torch.equal(out, torch.where(keep, x, x[index]))
+        strided = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+        assert not strided.is_contiguous()
+        assert torch.equal(paste_boxes(strided, index, lo, hi), out)
+        assert torch.equal(x, strided)  # inputs untouched
+
+
+@pytest.mark.parametrize("pairing", ["flip", "roll", "random", "label_kernel", "different_class", "same_class"])
+@pytest.mark.parametrize("batch_size", [2, 3, 6, 7])
+def test_self_pairs_get_lam_one_whatever_the_pairing(pairing, batch_size):
+    """Skipping the self-pair check for rules that cannot pair a sample with itself must not lose
+    a self pair: every sample paired with itself has lam = 1, and the rest keep their draw."""
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 0][:batch_size])
+    targets = dense_targets(labels, 3)
+    for mixer in (Mixup(mode="elem", pairing=pairing), CutMix(mode="elem", pairing=pairing)):
+        for seed in range(5):
+            index, lam = mixer.draw(batch_size, torch.Generator().manual_seed(seed), labels=targets)
+            own = index == torch.arange(batch_size)
+            assert torch.all(lam[own] == 1.0)
+            x = torch.rand(batch_size, 2, 5, 6, dtype=torch.float64)
+            out = mixer(x, targets, torch.Generator().manual_seed(seed))
+            assert torch.all(out.lam[out.index == torch.arange(batch_size)] == 1.0)
+            assert torch.equal(out.inputs[own], x[own])
+
+
 def test_cutmix_mask_is_a_clipped_box():
     x, t = make_batch((64, 1, 9, 13))
     out = CutMix(mode="elem")(x, t, generator=torch.Generator().manual_seed(1))

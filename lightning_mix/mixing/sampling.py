@@ -212,9 +212,9 @@ def make_pairing(
         )
     if device is None:
         device = generator.device if generator is not None else (labels.device if labels is not None else "cpu")
+    if pairing == "flip":  # one kernel: the reversed arange
+        return torch.arange(batch_size - 1, -1, -1, device=device)
     arange = torch.arange(batch_size, device=device)
-    if pairing == "flip":
-        return arange.flip(0)
     if pairing == "roll":
         return arange.roll(1)
     if pairing == "random":
