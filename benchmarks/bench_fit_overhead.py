@@ -23,7 +23,8 @@ from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.mixing import CutMix, Mixup, RandomChoice
 
 
-def fit_seconds(variant: str, epochs: int, workdir: str) -> float:
+def fit_seconds(variant: str, epochs: int, workdir: str) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one fit (CPU time is steadier on a shared machine)."""
     pl.seed_everything(0, verbose=False)
     callbacks = [MixingCallback(RandomChoice([Mixup(0.8), CutMix(1.0)]), seed=0)]
     if variant == "ema":
@@ -41,9 +42,9 @@ def fit_seconds(variant: str, epochs: int, workdir: str) -> float:
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     trainer.fit(SmallCNN(width=32, lr=0.003), datamodule=MNIST5kDataModule(batch_size=128))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def main() -> None:
@@ -56,18 +57,21 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     variants = args.variants
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as workdir:
         fit_seconds("plain", 1, workdir)  # warm-up: imports, data loading, allocator
         for repeat in range(args.repeats):
             for variant in variants:
-                times[variant].append(fit_seconds(variant, args.epochs, workdir))
-                print(f"repeat {repeat} {variant:6s} {times[variant][-1]:7.2f} s", flush=True)
-    plain = statistics.median(times["plain"])
+                wall, cpu_seconds = fit_seconds(variant, args.epochs, workdir)
+                times[variant].append(wall)
+                cpu[variant].append(cpu_seconds)
+                print(f"repeat {repeat} {variant:8s} wall {wall:7.2f} s  cpu {cpu_seconds:7.2f} s", flush=True)
+    plain, plain_cpu = statistics.median(times["plain"]), statistics.median(cpu["plain"])
     print(f"\nmain job, {args.epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'variant':8s} {'median s':>9s} {'ratio':>7s}")
+    print(f"{'variant':10s} {'wall s':>8s} {'ratio':>7s} {'cpu s':>8s} {'ratio':>7s}")
     for variant in variants:
-        median = statistics.median(times[variant])
-        print(f"{variant:8s} {median:9.2f} {median / plain:7.3f}")
+        wall, cpu_seconds = statistics.median(times[variant]), statistics.median(cpu[variant])
+        print(f"{variant:10s} {wall:8.2f} {wall / plain:7.3f} {cpu_seconds:8.2f} {cpu_seconds / plain_cpu:7.3f}")
 
 
 if __name__ == "__main__":
