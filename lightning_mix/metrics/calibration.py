@@ -248,11 +248,10 @@ class SmoothECE(Metric):
         return torch.tensor(value, dtype=torch.float32, device=self.grid.device)
 
 
-class BrierScore(Metric):
-    """Brier score ``mean_i sum_c (p_ic - y_ic)^2`` (see :func:`~lightning_mix.metrics.functional.brier_score`).
+class _MeanOfPerSampleLoss(Metric):
+    """A per-sample score averaged over all samples; state: a float64 sum and count (DDP: summed).
 
-    Targets may be (N,) labels or dense (N, C) class probabilities (mixed targets). State: a sum
-    and a count.
+    Subclasses name the functional that returns ``(sum, count)`` for a batch in ``_sums``.
     """
 
     is_differentiable = False
@@ -267,8 +266,12 @@ class BrierScore(Metric):
         self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
+    @staticmethod
+    def _sums(preds: torch.Tensor, target: torch.Tensor, input: str, validate_args: bool):
+        raise NotImplementedError
+
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        total, count = CF.brier_sums(preds, target, self.input, self.validate_args)
+        total, count = self._sums(preds, target, self.input, self.validate_args)
         self.total += total
         self.count += count
 
@@ -276,26 +279,18 @@ class BrierScore(Metric):
         return (self.total / self.count.clamp_min(1)).float()
 
 
-class NegativeLogLikelihood(Metric):
+class BrierScore(_MeanOfPerSampleLoss):
+    """Brier score ``mean_i sum_c (p_ic - y_ic)^2`` (see :func:`~lightning_mix.metrics.functional.brier_score`).
+
+    Targets may be (N,) labels or dense (N, C) class probabilities (mixed targets). State: a sum
+    and a count.
+    """
+
+    _sums = staticmethod(CF.brier_sums)
+
+
+class NegativeLogLikelihood(_MeanOfPerSampleLoss):
     """Mean negative log-likelihood (cross-entropy) of the labels; see
     :func:`~lightning_mix.metrics.functional.negative_log_likelihood`. State: a sum and a count."""
 
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self, input: str = "logits", validate_args: bool = True) -> None:
-        super().__init__()
-        CF.check_calibration_args(1, input=input)
-        self.input = input
-        self.validate_args = validate_args
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        total, count = CF.nll_sums(preds, target, self.input, self.validate_args)
-        self.total += total
-        self.count += count
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
+    _sums = staticmethod(CF.nll_sums)
