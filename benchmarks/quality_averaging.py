@@ -3,7 +3,7 @@
 One fit per (label noise, seed) with the three callbacks attached together:
 ``EMA(decay=0.999, warmup=True, evaluate="raw")``, ``SWA(start_epoch=0.5)`` (epoch-end weights
 of the second half, BatchNorm recomputed on the whole training split) and
-``ModelSoup(start_epoch=2, bn_batches=10)`` (epoch-end snapshots from epoch 2; uniform and greedy
+``ModelSoup(start_epoch=2, bn_samples=1280)`` (epoch-end snapshots from epoch 2; uniform and greedy
 soups judged on the 500 validation images by ``val/acc``, BatchNorm recomputed on 10 training
 batches for every average). SmallCNN(width=16), AdamW with a cosine schedule, batch 128;
 the data split is fixed (seed 0), the seed changes the initialisation and the batch order.
@@ -63,7 +63,7 @@ def run(noise: float, seed: int, epochs: int, width: int, workdir: str) -> dict[
     ema = EMA(decay=0.999, warmup=True, evaluate="raw")
     swa = SWA(start_epoch=0.5, recalibrate_bn=False)  # recalibrated below, once
     soup = ModelSoup(
-        start_epoch=2, storage="memory", dirpath=f"{workdir}/soups-{noise}-{seed}", keep="last", bn_batches=10
+        start_epoch=2, storage="memory", dirpath=f"{workdir}/soups-{noise}-{seed}", keep="last", bn_samples=1280
     )
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

@@ -158,6 +158,8 @@ def test_errors_and_no_ingredient_warning(tmp_path):
         ModelSoup(recipes=("uniform", "soupy"))
     with pytest.raises(ValueError, match="needs 'greedy'"):
         ModelSoup(recipes=("uniform",), keep="greedy")
+    with pytest.raises(ValueError, match="bn_samples=0"):
+        ModelSoup(bn_samples=0)
     soup = ModelSoup(start_epoch=5)
     with pytest.warns(UserWarning, match="no ingredient"):
         _trainer(tmp_path, [soup], max_epochs=1).fit(SoupNet(), SoupData())
@@ -243,3 +245,37 @@ def test_fit_time_validation_metrics_are_reused_only_for_untouched_snapshots(tmp
     assert [label for label in evaluated if label.startswith("ingredient")] == [
         f"ingredient {i + 1}/3 (epoch {i})" for i in range(3)
     ]
+
+
+class ShuffledSoupData(SoupData):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+
+def test_batchnorm_passes_reuse_the_same_whole_batches_covering_bn_samples(tmp_path):
+    torch.manual_seed(3)
+    passes: list[list[torch.Tensor]] = []
+
+    def bn_forward(module, batch):
+        if not passes or len(passes[-1]) == 2:
+            passes.append([])
+        passes[-1].append(batch[0].clone())
+        return module(batch[0])
+
+    # 40 samples at batch size 32: two whole batches; the loader shuffles, so fresh draws would differ
+    soup = ModelSoup(bn_samples=40, bn_forward=bn_forward, keep="uniform", save_soups=False)
+    trainer = _trainer(tmp_path, [soup])
+    trainer.fit(SoupNet(), ShuffledSoupData())
+
+    candidates = 1 + (len(soup.ingredient_epochs) - 1)  # the uniform soup and each greedy candidate
+    assert len(passes) == candidates and all(len(p) == 2 for p in passes)
+    for later in passes[1:]:
+        for a, b in zip(passes[0], later):
+            assert torch.equal(a, b)
+    # the uniform soup's statistics are those of exactly these 64 samples
+    reference = SoupNet()
+    reference.load_state_dict(uniform_soup(soup.ingredient_state_dicts()))
+    hidden = reference.net[0](torch.cat(passes[0])).detach().double()
+    bn = trainer.lightning_module.net[1]
+    torch.testing.assert_close(bn.running_mean.double(), hidden.mean(0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(bn.running_var.double(), hidden.var(0), rtol=1e-4, atol=1e-5)

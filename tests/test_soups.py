@@ -159,7 +159,7 @@ def test_given_metrics_skip_single_evaluations_and_nan_sorts_last():
     assert soup["bn.num_batches_tracked"].item() == 30  # integer buffers from the best ingredient
 
 
-def test_recalibrate_hook_runs_before_each_candidate_evaluation_and_on_the_result():
+def test_recalibrate_hook_runs_before_each_candidate_evaluation_only():
     torch.manual_seed(5)
     data = [torch.randn(16, 3) * 2 + 1 for _ in range(3)]
     ings = []
@@ -182,7 +182,7 @@ def test_recalibrate_hook_runs_before_each_candidate_evaluation_and_on_the_resul
         return 5.0  # every candidate beats the ingredients: all are kept
 
     soup = greedy_soup(ings, evaluate, metrics=[3.0, 2.0, 1.0], recalibrate=recalibrate)
-    assert soup.kept == [0, 1, 2] and len(recalibrated) == 3  # two candidates + the result
+    assert soup.kept == [0, 1, 2] and len(recalibrated) == 2  # the two candidates; the result is the last one
     reference = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     reference.load_state_dict(uniform_soup(ings))
     h = reference[0](torch.cat(data)).double()
@@ -223,3 +223,32 @@ def test_files_with_arbitrary_objects_are_refused_with_a_hint(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(2)}, "extra": _NotATensor()}, path)
     with pytest.raises(pickle.UnpicklingError, match="weights_only=False"):
         uniform_soup([path])
+
+
+def test_recalibrated_greedy_soup_is_exactly_the_last_accepted_candidate():
+    # a rejection after the last acceptance undoes the running mean with float32 rounding; the
+    # returned soup must still be bit for bit the weights (and BatchNorm statistics) that were scored
+    torch.manual_seed(8)
+    data = [torch.randn(16, 3) for _ in range(2)]
+    ings = []
+    for _ in range(4):
+        model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        ings.append({k: v.clone() * 3.7 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()})
+    work = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+
+    def recalibrate(sd):
+        work.load_state_dict(sd)
+        recalibrate_batchnorm(work, data)
+        return {k: v.clone() for k, v in work.state_dict().items()}
+
+    scored = []
+    scores = iter([9.0, 0.0, 0.0])  # candidate 2 accepted, candidates 3 and 4 rejected
+
+    def evaluate(sd):
+        scored.append({k: v.clone() for k, v in sd.items()})
+        return next(scores)
+
+    soup = greedy_soup(ings, evaluate, metrics=[4.0, 3.0, 2.0, 1.0], recalibrate=recalibrate)
+    assert soup.kept == [0, 1] and soup.metric == 9.0
+    for key, value in scored[0].items():
+        assert torch.equal(soup[key], value), key

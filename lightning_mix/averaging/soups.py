@@ -254,20 +254,24 @@ def greedy_soup(
         strict: ``False`` (default) adds an ingredient when the metric does not get worse (ties
             kept); ``True`` only when it gets strictly better (the original rule).
         recalibrate: optional ``recalibrate(state_dict) -> state_dict`` applied to every averaged
-            candidate before ``evaluate`` (and to the returned soup), e.g. loading the weights and
-            running :func:`~lightning_mix.averaging.recalibrate_batchnorm` on training data, then
-            returning ``model.state_dict()``. It must not modify its argument in place. Single
-            ingredients are evaluated as they are. The returned soup holds the recalibrated
-            tensors (BatchNorm statistics) of a final call.
+            candidate before ``evaluate``, e.g. loading the weights and running
+            :func:`~lightning_mix.averaging.recalibrate_batchnorm` on training data, then returning
+            a copy of ``model.state_dict()``. It must not modify its argument in place, and must
+            return tensors the caller may keep (not views of a live model). Single ingredients are
+            evaluated as they are. The returned soup is the last accepted candidate exactly as
+            ``evaluate`` saw it (its recalibrated BatchNorm statistics included), so ``metric`` is
+            that soup's metric and no further recalibration or evaluation is needed.
         device: where to accumulate; default the device of the best ingredient's tensors.
 
     Returns:
         A :class:`GreedySoup`: the soup's state dict (dtypes of the ingredients, integer buffers from
         the best ingredient) with ``kept``, ``metric``, ``ingredient_metrics`` and ``history``.
 
-    Memory: one float32 running mean and one ingredient (memory-mapped when a path). A candidate
-    is formed in place (``mean <- (n mean + w) / (n + 1)``) and, if rejected, undone in place,
-    which changes the kept mean by a few float32 rounding steps at most.
+    Memory: one float32 running mean and one ingredient (memory-mapped when a path); with
+    ``recalibrate``, also the candidate it returns and the last accepted one. A candidate is formed
+    in place (``mean <- (n mean + w) / (n + 1)``) and, if rejected, undone in place, which changes
+    the kept mean by a few float32 rounding steps at most (without ``recalibrate``, the returned
+    soup is that mean).
     """
     ingredients = list(ingredients)
     if not ingredients:
@@ -306,6 +310,7 @@ def greedy_soup(
     kept = [best]
     current = scores[best]
     history: list[tuple[int, float, bool]] = []
+    accepted_candidate: Mapping[str, torch.Tensor] | None = None  # what evaluate saw, when recalibrated
     for index in order[1:]:
         state = load_ingredient(ingredients[index])
         _check_compatible(mean, state, index)
@@ -316,23 +321,24 @@ def greedy_soup(
         torch._foreach_div_(tensors, float(n + 1))
         candidate = recalibrate(mean) if recalibrate is not None else mean
         score = _score(evaluate(candidate))
-        del candidate
         accepted = better_or_equal(score, current)
         history.append((index, score, accepted))
         if accepted:
             kept.append(index)
             current = score
-        else:
+            if recalibrate is not None:
+                accepted_candidate = candidate
+        del candidate
+        if not accepted:
             torch._foreach_mul_(tensors, float(n + 1))
             torch._foreach_sub_(tensors, addends)
             torch._foreach_div_(tensors, float(n))
         del state, addends
-    if recalibrate is not None and len(kept) > 1:
-        recalibrated = recalibrate(mean)
-        for key, value in recalibrated.items():
+    if accepted_candidate is not None:
+        for key, value in accepted_candidate.items():
             if key in mean and isinstance(value, torch.Tensor):
-                mean[key] = value.detach().to(device=mean[key].device, dtype=mean[key].dtype, copy=True)
-        del recalibrated
+                mean[key] = value.detach().to(device=mean[key].device, dtype=mean[key].dtype)
+        del accepted_candidate
     result = GreedySoup(_cast_back(mean, dtypes))
     result.kept = kept
     result.metric = current
