@@ -112,7 +112,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats")
+    from lightning_mix.mixing._memory import hugepages_enabled
+
+    print(f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats, "
+          f"huge-page outputs {'on' if hugepages_enabled() else 'off'} (LIGHTNING_MIX_HUGEPAGES)")
     start = time.perf_counter()
     for batch, size in ((256, 32), (128, 224)):
         rows, others = bench_mixers(batch, size, 1000, args.repeats, device)

@@ -111,7 +111,7 @@ class ModelSoup(Callback):
         bn_samples: training samples (per rank) for each BatchNorm pass, rounded up to whole
             batches (a batch's size is the first dimension of its input). The greedy recipe
             recalibrates every candidate, so a full pass per candidate would cost about as much as
-            the forward passes of the whole fit; on the main job (SmallCNN on MNIST5k) 128 to 3,500
+            the forward passes of the whole fit; on the main job (SmallCNN on MNIST5k) 128 to 3,456
             samples give the same soups within 0.4% accuracy (see benchmarks/README.md), and 256
             keeps the end-of-fit evaluation within 10% of an 8-epoch fit. Raise it for models whose
             statistics need more data; ``None``: as many batches as the fit used (streamed, not cached).

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lightning_mix.mixing import _memory
 from lightning_mix.mixing.batch import MixedBatch
 from lightning_mix.mixing.sampling import (
     MODES,
@@ -88,7 +89,7 @@ def _paste(inputs: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> tor
     Floating-point inputs go through ``lerp_`` with a 0/1 weight, which is exact at 0 and 1 and runs
     several times faster than ``torch.where`` on CPU; integer inputs use ``torch.where``.
     """
-    partner = inputs.index_select(0, index)
+    partner = _memory.index_select(inputs, 0, index)
     if inputs.is_floating_point():
         return partner.lerp_(inputs, keep.to(inputs.dtype))
     return torch.where(keep, inputs, partner)
@@ -123,10 +124,10 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
         in_box = (pos >= lo[:, 0:1]) & (pos < hi[:, 0:1])  # (N, S_0)
         source = torch.where(in_box, index.reshape(-1, 1), torch.arange(b, device=device).view(-1, 1))  # (B, S_0)
         rows = (source.view(b, 1, s0) * c + torch.arange(c, device=device).view(1, c, 1)) * s0 + pos
-        partner = inputs.view(b * c * s0, row_length).index_select(0, rows.view(-1)).view(inputs.shape)
+        partner = _memory.index_select(inputs.view(b * c * s0, row_length), 0, rows.view(-1)).view(inputs.shape)
         first = 1
     else:
-        partner = inputs.index_select(0, index)
+        partner = _memory.index_select(inputs, 0, index)
         first = 0
     for d in range(first, n_spatial):
         size = inputs.shape[2 + d]
@@ -301,7 +302,7 @@ class Mixup(BatchMixer):
 
     def mix_inputs(self, inputs, index, lam, generator):
         weight = lam.to(inputs.dtype)
-        partner = inputs.index_select(0, index)
+        partner = _memory.index_select(inputs, 0, index)
         mixed = partner.lerp_(inputs, weight.view(-1, *([1] * (inputs.dim() - 1))))
         # report the lam the inputs actually got (rounded to half precision for fp16/bf16 inputs)
         return mixed, weight.to(lam.dtype) if weight.dtype != lam.dtype else lam
@@ -441,7 +442,7 @@ class CutMix(BatchMixer):
             lo, hi = min(max(c - side // 2, 0), size), min(max(c + (side + 1) // 2, 0), size)
             box.append(slice(lo, hi))
             volume *= hi - lo
-        mixed = inputs.clone()
+        mixed = _memory.clone(inputs)
         if volume > 0:
             region = (slice(None), slice(None), *box)
             if inputs.requires_grad and torch.is_grad_enabled():  # out= does not record autograd
@@ -550,7 +551,7 @@ class FMix(BatchMixer):
         elif self.mode == "batch":
             lam = lam.expand(b).contiguous()  # the (1, 1, *spatial) mask broadcasts over the batch
         if self.max_soft > 0:
-            partner = inputs.index_select(0, index)
+            partner = _memory.index_select(inputs, 0, index)
             return partner.lerp_(inputs, masks.to(inputs.dtype)), lam
         return _paste(inputs, index, masks > 0.5), lam
 
@@ -636,7 +637,7 @@ class ResizeMix(BatchMixer):
         src_y = torch.div(torch.arange(h) * height, h, rounding_mode="floor")
         src_x = torch.div(torch.arange(w) * width, w, rounding_mode="floor")
         thumbs = inputs.index_select(2, src_y).index_select(3, src_x).index_select(0, index)
-        mixed = inputs.clone()
+        mixed = _memory.clone(inputs)
         box = mixed[:, :, top : top + h, left : left + w]
         paired = (index != torch.arange(b)).view(-1, 1, 1, 1)
         box.copy_(torch.where(paired, thumbs, box))
