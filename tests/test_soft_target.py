@@ -76,3 +76,19 @@ def test_errors_are_explained():
         soft_cross_entropy(logits, targets[:, :3])
     with pytest.raises(ValueError, match="reduction"):
         soft_cross_entropy(logits, targets, reduction="avg")
+
+
+def test_tensor_subclasses_keep_their_torch_function_handling():
+    seen = []
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    logits = torch.randn(4, 3)
+    targets = torch.softmax(torch.randn(4, 3), dim=1)
+    loss = soft_cross_entropy(logits.as_subclass(Traced), targets)
+    assert "cross_entropy" in seen
+    torch.testing.assert_close(loss.as_subclass(torch.Tensor), F.cross_entropy(logits, targets))
