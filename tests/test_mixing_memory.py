@@ -62,9 +62,11 @@ def test_helpers_match_torch(advised):
     for dim in range(3):
         assert torch.equal(_memory.index_select(source, dim, index[index < source.shape[dim]]),
                            source.index_select(dim, index[index < source.shape[dim]]))
-    view = source.transpose(0, 2)  # a non-contiguous input comes back as a contiguous copy
-    copy = _memory.clone(view)
-    assert torch.equal(copy, view) and copy.is_contiguous() and copy.data_ptr() != view.data_ptr()
+    copy = _memory.clone(source)
+    assert torch.equal(copy, source) and copy.data_ptr() != source.data_ptr()
+    images = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    copy = _memory.clone(images)  # a channels-last batch stays channels-last
+    assert torch.equal(copy, images) and copy.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_advice_covers_exactly_the_whole_pages_of_the_buffer(advised):

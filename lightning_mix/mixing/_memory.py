@@ -91,9 +91,14 @@ def new_empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.
 
 
 def clone(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of ``tensor`` (``tensor.clone()``, huge-page backed when large on CPU)."""
-    if _needs_autograd(tensor) or not _wants_advice(tensor, tensor.numel() * tensor.element_size()):
-        return tensor.clone(memory_format=torch.contiguous_format)
+    """``tensor.clone()``, huge-page backed when large, contiguous and on CPU (other layouts, such
+    as channels-last, are cloned as torch does, keeping their layout)."""
+    if (
+        _needs_autograd(tensor)
+        or not tensor.is_contiguous()
+        or not _wants_advice(tensor, tensor.numel() * tensor.element_size())
+    ):
+        return tensor.clone()
     return new_empty(tensor.shape, tensor).copy_(tensor)
 
 
