@@ -21,7 +21,6 @@ Outputs that need a gradient are made by the ordinary, autograd-recording ops.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 import sys
@@ -53,7 +52,7 @@ def hugepages_enabled() -> bool:
         _enabled = False
         if sys.platform.startswith("linux") and os.environ.get("LIGHTNING_MIX_HUGEPAGES", "1") != "0" and _thp_available():
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's included
                 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
                 libc.madvise.restype = ctypes.c_int
                 _madvise = libc.madvise
