@@ -315,31 +315,30 @@ class ModelSoup(Callback):
             value = trainer.strategy.reduce(value.to(trainer.strategy.root_device), reduce_op="mean")
         return float(value)
 
+    def _model_input(self, batch: Any) -> Any:
+        """``batch[input_key]`` (the whole batch when ``input_key`` is None or the batch is a single tensor)."""
+        if self.input_key is None or not isinstance(batch, (Mapping, list, tuple)):
+            return batch
+        try:
+            return batch[self.input_key]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError) as err:
+            raise TypeError(
+                f"ModelSoup cannot pick input_key={self.input_key!r} from a batch of type {type(batch).__name__}; "
+                "set ModelSoup(input_key=...) to the index/key of the model input, input_key=None to pass the "
+                "whole batch, or bn_forward=callable(module, batch)."
+            ) from err
+
     def _feed(self, module: nn.Module, batch: Any) -> Any:
         if self.bn_forward is not None:
             return self.bn_forward(module, batch)
-        if self.input_key is None:
-            return module(batch)
-        if isinstance(batch, (Mapping, list, tuple)):
-            try:
-                inputs = batch[self.input_key]  # type: ignore[index]
-            except (KeyError, IndexError, TypeError) as err:
-                raise TypeError(
-                    f"ModelSoup cannot pick input_key={self.input_key!r} from a batch of type {type(batch).__name__}; "
-                    "set ModelSoup(input_key=...) to the index/key of the model input, input_key=None to pass the "
-                    "whole batch, or bn_forward=callable(module, batch)."
-                ) from err
-            return module(inputs)
-        return module(batch)
+        return module(self._model_input(batch))
 
     def _batch_size(self, batch: Any) -> int:
         """Samples in a batch: the first dimension of its input (or of its first tensor)."""
-        inputs = batch
-        if self.input_key is not None and isinstance(batch, (Mapping, list, tuple)):
-            try:
-                inputs = batch[self.input_key]  # type: ignore[index]
-            except (KeyError, IndexError, TypeError):
-                pass
+        try:
+            inputs = self._model_input(batch)
+        except TypeError:  # a batch only bn_forward understands
+            inputs = batch
         tensors = [t for t in torch.utils._pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor) and t.dim() > 0]
         return len(tensors[0]) if tensors else 1
 
@@ -356,20 +355,17 @@ class ModelSoup(Callback):
                 "recalibrate_bn=False (or give bn_forward and a single loader)."
             )
         batches: Iterator[Any] = iter(loader)
-        if self.bn_samples is None:
-            limit = trainer.num_training_batches
-            if isinstance(limit, int) and not math.isinf(limit):
-                batches = islice(batches, limit)
-            for batch in batches:
-                yield pl_module._on_before_batch_transfer(trainer.precision_plugin.convert_input(batch), dataloader_idx=0)
-            return
+        limit = trainer.num_training_batches
+        if self.bn_samples is None and isinstance(limit, int) and not math.isinf(limit):
+            batches = islice(batches, limit)
         seen = 0
         for batch in batches:
             batch = pl_module._on_before_batch_transfer(trainer.precision_plugin.convert_input(batch), dataloader_idx=0)
             yield batch
-            seen += self._batch_size(batch)
-            if seen >= self.bn_samples:
-                return
+            if self.bn_samples is not None:
+                seen += self._batch_size(batch)
+                if seen >= self.bn_samples:
+                    return
 
     def _train_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[Any]:
         """The BatchNorm pass's batches on the device: the same cached ones every time, or (``bn_samples=None``) a fresh full pass."""

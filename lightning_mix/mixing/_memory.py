@@ -21,6 +21,7 @@ Outputs that need a gradient are made by the ordinary, autograd-recording ops.
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import os
 import sys
@@ -81,12 +82,17 @@ def _needs_autograd(tensor: torch.Tensor) -> bool:
     return tensor.requires_grad and torch.is_grad_enabled()
 
 
+def _advised_empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(shape, dtype=like.dtype, device=like.device)
+    _advise_hugepages(out)
+    return out
+
+
 def new_empty(shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device."""
-    out = torch.empty(shape, dtype=like.dtype, device=like.device)
-    if _wants_advice(like, out.numel() * out.element_size()):
-        _advise_hugepages(out)
-    return out
+    if _wants_advice(like, math.prod(shape) * like.element_size()):
+        return _advised_empty(shape, like)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 def clone(tensor: torch.Tensor) -> torch.Tensor:
@@ -98,16 +104,13 @@ def clone(tensor: torch.Tensor) -> torch.Tensor:
         or not _wants_advice(tensor, tensor.numel() * tensor.element_size())
     ):
         return tensor.clone()
-    return new_empty(tensor.shape, tensor).copy_(tensor)
+    return _advised_empty(tensor.shape, tensor).copy_(tensor)
 
 
 def index_select(source: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``source.index_select(dim, index)`` into a new tensor (huge-page backed when large on CPU)."""
     shape = list(source.shape)
     shape[dim] = index.numel()
-    nbytes = source.element_size()
-    for size in shape:
-        nbytes *= size
-    if _needs_autograd(source) or not _wants_advice(source, nbytes):
+    if _needs_autograd(source) or not _wants_advice(source, math.prod(shape) * source.element_size()):
         return source.index_select(dim, index)
-    return torch.index_select(source, dim, index, out=new_empty(tuple(shape), source))
+    return torch.index_select(source, dim, index, out=_advised_empty(tuple(shape), source))
