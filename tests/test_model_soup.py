@@ -279,3 +279,14 @@ def test_batchnorm_passes_reuse_the_same_whole_batches_covering_bn_samples(tmp_p
     bn = trainer.lightning_module.net[1]
     torch.testing.assert_close(bn.running_mean.double(), hidden.mean(0), rtol=0, atol=1e-5)
     torch.testing.assert_close(bn.running_var.double(), hidden.var(0), rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_feed_picks_the_input_or_explains_how_to(tmp_path):
+    net = torch.nn.Linear(8, 3)
+    x = torch.randn(5, 8)
+    soup = ModelSoup(input_key="image")
+    torch.testing.assert_close(soup._feed(net, {"image": x, "label": None}), net(x))
+    assert soup._batch_size({"image": x, "label": torch.zeros(5)}) == 5
+    with pytest.raises(TypeError, match="cannot pick input_key='image'.*bn_forward"):
+        soup._feed(net, [x, torch.zeros(5)])
+    assert soup._batch_size([x, torch.zeros(5)]) == 5  # counted from the first tensor instead
