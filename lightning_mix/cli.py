@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -34,7 +35,27 @@ class LightningMixCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-mix`` console script."""
-    run_cli(args)
+    try:
+        run_cli(args)
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the default process group if this process still has one.
+
+    Lightning destroys it at exit only for NCCL. A gloo group (DDP on CPU) left alive until
+    interpreter shutdown can abort the finished process ("terminate called without an active
+    exception", exit code 134) when gloo's threads outlive Python, so a successful run would
+    report failure. The ranks meet at a barrier first, so none tears down while another still
+    talks to it.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def run_cli(args: list[str] | None = None) -> LightningMixCLI | None:

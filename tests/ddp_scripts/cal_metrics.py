@@ -7,10 +7,10 @@ can recompute everything in one process.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from ddp_exit import save_and_close
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks.calibration_monitor import AVAILABLE_METRICS, CalibrationMonitor
@@ -65,9 +65,10 @@ def main(out_dir: str) -> None:
     temperature = ts.temperature
     ts.apply_to = ()  # measure the raw logits in the test run
     results = trainer.test(model, dataloaders=loader, verbose=False)[0]
-    torch.save(
+    save_and_close(
         {"metrics": results, "temperature": temperature, "x": x, "y": y, "weight": model.layer.weight.detach().clone()},
-        Path(out_dir) / f"rank{trainer.global_rank}.pt",
+        out_dir,
+        trainer.global_rank,
     )
 
 

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import torch
+from ddp_exit import save_and_close
 from ema_common import TinyBN, float_state
 from lightning.pytorch import Trainer, seed_everything
 
@@ -27,7 +28,7 @@ if __name__ == "__main__":
         callbacks=[ema],
     )
     trainer.fit(model)
-    torch.save(
+    save_and_close(
         {
             "module": float_state(model),
             "ema": {k: v.clone() for k, v in ema.averaged_state_dict().items()},
@@ -40,5 +41,6 @@ if __name__ == "__main__":
             "global_step": trainer.global_step,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         },
-        out / f"rank{trainer.global_rank}.pt",
+        out,
+        trainer.global_rank,
     )

@@ -4,10 +4,10 @@ Each rank saves, per method, its mixing draws, the training batch sizes it saw a
 """
 
 import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from ddp_exit import save_and_close
 
 from lightning_mix.callbacks.manifold_mixup import ManifoldMixup
 from lightning_mix.callbacks.regmixup import RegMixup
@@ -37,9 +37,17 @@ class Recorder(pl.Callback):
 
 def fit(model, callbacks, recorder):
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, limit_train_batches=3,
-        limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[*callbacks, recorder],
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, recorder],
     )
     trainer.fit(model, MNIST5kDataModule(batch_size=8))
     return trainer.global_rank, {
@@ -63,7 +71,7 @@ def main(out_dir: str) -> None:
     model = RankCNN()
     rank, results["rank_mixup"] = fit(model, [], Recorder())
     results["rank_mixup"]["counter"] = model._rank_mixup_rng.counter
-    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    save_and_close(results, out_dir, rank)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
+from ddp_exit import save_and_close
 from mixing_callback_helpers import NUM_CLASSES, LamRecorder, RecordingClassifier, loader, make_data
 
 from lightning_mix.callbacks import MixingCallback
@@ -27,7 +27,8 @@ if __name__ == "__main__":
         callbacks=[MixingCallback(recorder, num_classes=NUM_CLASSES)],
     )
     trainer.fit(model, loader(make_data(64)))
-    torch.save(
+    save_and_close(
         {"lams": recorder.lams, "targets": [y for _, y in model.train_seen]},
-        out / f"rank{trainer.global_rank}.pt",
+        out,
+        trainer.global_rank,
     )

@@ -4,7 +4,7 @@ import os
 import sys
 
 import lightning.pytorch as pl
-import torch
+from ddp_exit import save_and_close
 from soup_common import SoupData, SoupNet
 
 from lightning_mix.callbacks.model_soup import ModelSoup
@@ -15,17 +15,26 @@ if __name__ == "__main__":
     storage = os.path.join(out, "ing")
     soup = ModelSoup(storage=storage, monitor="val/acc", keep="best")
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out, callbacks=[soup],
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        callbacks=[soup],
     )
     model = SoupNet()
     trainer.fit(model, SoupData())
-    torch.save(
+    save_and_close(
         {
             "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "results": soup.results,
             "greedy_epochs": soup.greedy_epochs,
             "files": sorted(f for f in os.listdir(storage)),
         },
-        os.path.join(out, f"rank{trainer.global_rank}.pt"),
+        out,
+        trainer.global_rank,
     )

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-import torch
+from ddp_exit import save_and_close
 from ema_common import TinyBN, float_state
 from lightning.pytorch import Trainer, seed_everything
 
@@ -27,7 +27,8 @@ if __name__ == "__main__":
         callbacks=[swa],
     )
     trainer.fit(model)
-    torch.save(
+    save_and_close(
         {"module": float_state(model), "num_averaged": swa.num_averaged, "train_x": model.train_x},
-        out / f"rank{trainer.global_rank}.pt",
+        out,
+        trainer.global_rank,
     )
