@@ -33,7 +33,7 @@ def run_ddp_script(name: str, out_dir: Path, *args: str, timeout: int = 300) -> 
         cwd=str(out_dir),
     )
     if proc.returncode != 0:
-        raise AssertionError(f"DDP script {name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"DDP script {name} failed (exit code {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     results = []
     for rank in range(2):
         path = Path(out_dir) / f"rank{rank}.pt"
