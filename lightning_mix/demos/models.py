@@ -60,8 +60,8 @@ class SmallCNN(pl.LightningModule):
         loss = soft_cross_entropy(logits, targets)
         main_label = targets.argmax(-1) if targets.is_floating_point() else targets
         acc = (logits.argmax(-1) == main_label).float().mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/acc", acc, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def _evaluate(self, batch, stage: str) -> dict[str, torch.Tensor]:
@@ -127,7 +127,7 @@ class MLPRegressor(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch[0], batch[1]
         loss = F.mse_loss(self._predict(inputs, targets), targets.float())
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
     def _evaluate(self, batch, stage: str) -> dict[str, torch.Tensor]:

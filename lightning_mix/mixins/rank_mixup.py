@@ -173,10 +173,10 @@ class RankMixupMixin:
         out = self.rank_mixup_losses(inputs, labels)
         main_label = labels.argmax(-1) if labels.is_floating_point() else labels
         acc = (out["logits"].argmax(-1) == main_label).float().mean()
-        self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/ce", out["ce"], on_step=False, on_epoch=True)
-        self.log("train/rank_loss", out["rank_loss"], on_step=False, on_epoch=True)
-        self.log("train/acc", acc, on_step=False, on_epoch=True)
+        self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/ce", out["ce"], on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/rank_loss", out["rank_loss"], on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return out["loss"]
 
     # -- checkpoint ------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def fit(model, callbacks, recorder):
         "lams": torch.stack(recorder.lams),
         "sizes": recorder.sizes,
         "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_epoch_metrics": {k: float(trainer.callback_metrics[k]) for k in ("train/loss_epoch", "train/acc")},
     }
 
 
