@@ -37,23 +37,26 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-mix`` console script."""
     try:
         run_cli(args)
-    finally:
-        close_process_group()
+    except BaseException:
+        close_process_group(wait_for_other_ranks=False)  # the other ranks may never reach a barrier
+        raise
+    close_process_group()
 
 
-def close_process_group() -> None:
+def close_process_group(wait_for_other_ranks: bool = True) -> None:
     """Destroy the default process group if this process still has one.
 
     Lightning destroys it at exit only for NCCL. A gloo group (DDP on CPU) left alive until
     interpreter shutdown can abort the finished process ("terminate called without an active
     exception", exit code 134) when gloo's threads outlive Python, so a successful run would
-    report failure. The ranks meet at a barrier first, so none tears down while another still
-    talks to it.
+    report failure. With ``wait_for_other_ranks`` the ranks meet at a barrier first, so none tears
+    down while another still talks to it; after an error, skip the barrier (it could hang).
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
-        dist.barrier()
+        if wait_for_other_ranks:
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -87,6 +87,9 @@ def test_main_destroys_the_process_group_even_when_the_command_fails(tmp_path):
             main(["fit", "--no_such_option", "1"])
         assert not dist.is_initialized()
         close_process_group()  # nothing left to close: a no-op, not an error
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store2'}", rank=0, world_size=1)
+        close_process_group()  # the normal exit: barrier, then destroy
+        assert not dist.is_initialized()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
