@@ -10,7 +10,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
-from ddp_exit import save_and_close
+from ddp_run import ddp_trainer, save_and_close
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks.calibration_monitor import AVAILABLE_METRICS, CalibrationMonitor
@@ -55,9 +55,9 @@ def main(out_dir: str) -> None:
     loader = DataLoader(TensorDataset(x, y), batch_size=50)
     model = Fixed(weight)
     ts = TemperatureScaling(verbose=False)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, limit_train_batches=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    trainer = ddp_trainer(
+        max_epochs=1,
+        limit_train_batches=1,
         num_sanity_val_steps=0,
         callbacks=[CalibrationMonitor(metrics=list(AVAILABLE_METRICS), plot=False, stages=["test"]), ts],
     )

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 import torch
-from ddp_exit import save_and_close
+from ddp_run import ddp_trainer, save_and_close
 from ema_common import TinyBN, float_state
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 from lightning_mix.callbacks.ema import EMA
 
@@ -15,15 +15,8 @@ if __name__ == "__main__":
     seed_everything(0)
     model = TinyBN()
     ema = EMA(decay=0.8, evaluate="both")
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
+    trainer = ddp_trainer(
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[ema],
     )

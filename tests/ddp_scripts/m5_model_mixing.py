@@ -7,7 +7,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
-from ddp_exit import save_and_close
+from ddp_run import ddp_trainer, save_and_close
 
 from lightning_mix.callbacks.manifold_mixup import ManifoldMixup
 from lightning_mix.callbacks.regmixup import RegMixup
@@ -36,17 +36,10 @@ class Recorder(pl.Callback):
 
 
 def fit(model, callbacks, recorder):
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
+    trainer = ddp_trainer(
         max_epochs=1,
         limit_train_batches=3,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[*callbacks, recorder],
     )
     trainer.fit(model, MNIST5kDataModule(batch_size=8))

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-from ddp_exit import save_and_close
+from ddp_run import ddp_trainer, save_and_close
 from mixing_callback_helpers import NUM_CLASSES, LamRecorder, RecordingClassifier, loader, make_data
 
 from lightning_mix.callbacks import MixingCallback
@@ -15,15 +15,8 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     recorder = LamRecorder(Mixup(alpha=1.0, mode="elem"))
     model = RecordingClassifier()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
+    trainer = ddp_trainer(
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[MixingCallback(recorder, num_classes=NUM_CLASSES)],
     )
     trainer.fit(model, loader(make_data(64)))

@@ -4,7 +4,7 @@ import os
 import sys
 
 import lightning.pytorch as pl
-from ddp_exit import save_and_close
+from ddp_run import ddp_trainer, save_and_close
 from soup_common import SoupData, SoupNet
 
 from lightning_mix.callbacks.model_soup import ModelSoup
@@ -14,15 +14,8 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     storage = os.path.join(out, "ing")
     soup = ModelSoup(storage=storage, monitor="val/acc", keep="best")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
+    trainer = ddp_trainer(
         max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=out,
         callbacks=[soup],
     )
