@@ -1,9 +1,19 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+_TESTS = Path(__file__).parent
+# helper modules shared by test files in several folders (no package __init__ in tests/)
+for _folder in (_TESTS / "ddp", _TESTS / "ddp" / "scripts", _TESTS / "lightning", _TESTS):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+REPO_ROOT = _TESTS.parent
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ddp_scripts.ema_common import N_TRAIN, TinyBN, float_state
+from ema_common import N_TRAIN, TinyBN, float_state
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 

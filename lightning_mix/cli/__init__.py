@@ -65,11 +65,11 @@ def run_cli(args: list[str] | None = None) -> LightningMixCLI | None:
     """Run the ``lightning-mix`` command with ``args``; returns the LightningCLI (handy in tests).
 
     ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``merge`` and ``soup``
-    (model merging and soups of separate runs' checkpoints) to :mod:`lightning_mix.merge_cli`.
+    (model merging and soups of separate runs' checkpoints) to :mod:`lightning_mix.cli.merge`.
     """
     args = list(args) if args is not None else sys.argv[1:]
     if args and args[0] in ("merge", "soup"):
-        from lightning_mix import merge_cli
+        from lightning_mix.cli import merge as merge_cli
 
         command = merge_cli.merge_main if args[0] == "merge" else merge_cli.soup_main
         command(args[1:])
@@ -87,5 +87,3 @@ def run_cli(args: list[str] | None = None) -> LightningMixCLI | None:
     )
 
 
-if __name__ == "__main__":
-    main()

@@ -175,7 +175,7 @@ def test_trainer_fit(precision):
 
 @pytest.mark.slow
 def test_ddp_manifold_regmixup_and_rank_mixup(tmp_path):
-    """One 2-process DDP launch fits all three model-level methods (tests/ddp_scripts/m5_model_mixing.py)."""
+    """One 2-process DDP launch fits all three model-level methods (tests/ddp/scripts/m5_model_mixing.py)."""
     from ddp_utils import run_ddp_script
 
     r0, r1 = run_ddp_script("m5_model_mixing.py", tmp_path)

@@ -9,7 +9,7 @@ import yaml
 
 from lightning_mix.cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny.yaml"
 PRESETS = sorted((ROOT / "callbacks").glob("*.yaml"))
 

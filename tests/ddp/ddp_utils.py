@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-SCRIPTS = Path(__file__).parent / "ddp_scripts"
+SCRIPTS = Path(__file__).parent / "scripts"
+LIGHTNING_TESTS = Path(__file__).parents[1] / "lightning"
 
 
 def run_ddp_script(name: str, out_dir: Path, *args: str, timeout: int = 300) -> list[dict]:
-    """Run ``tests/ddp_scripts/<name>`` with ``out_dir`` and ``args``; return each rank's saved dict."""
+    """Run ``tests/ddp/scripts/<name>`` with ``out_dir`` and ``args``; return each rank's saved dict."""
     env = dict(os.environ)
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent), str(LIGHTNING_TESTS), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / name), str(out_dir), *args],
         capture_output=True,

@@ -11,7 +11,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).parent / "ddp_scripts"))
 from soup_common import SoupData, SoupNet  # noqa: E402
 
 from lightning_mix.averaging import load_ingredient, recalibrate_batchnorm, uniform_soup  # noqa: E402

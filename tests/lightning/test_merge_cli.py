@@ -5,7 +5,7 @@ import torch
 
 from lightning_mix.averaging.merging import consensus_merge, dare, model_stock, ties_merge, weighted_average
 from lightning_mix.demos import SmallCNN
-from lightning_mix.merge_cli import merge_main
+from lightning_mix.cli.merge import merge_main
 
 
 def _checkpoint(path, seed, width=4):
@@ -93,9 +93,9 @@ def test_plain_state_dict_files(tmp_path):
 def test_soup_greedy_from_checkpoints(tmp_path):
     from pathlib import Path
 
-    from lightning_mix.merge_cli import soup_main
+    from lightning_mix.cli.merge import soup_main
 
-    config = Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml"
+    config = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
     paths = []
     for seed in range(3):
         _checkpoint(tmp_path / f"run{seed}.ckpt", seed, width=8)
@@ -140,9 +140,9 @@ def test_merge_methods_match_the_library(tmp_path, argv, reference):
 def test_soup_uniform_with_batchnorm_recalibration(tmp_path):
     from pathlib import Path
 
-    from lightning_mix.merge_cli import soup_main
+    from lightning_mix.cli.merge import soup_main
 
-    config = Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml"
+    config = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
     paths = []
     for seed in range(2):
         _checkpoint(tmp_path / f"run{seed}.ckpt", seed, width=8)

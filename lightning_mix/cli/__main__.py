@@ -1,0 +1,5 @@
+"""``python -m lightning_mix.cli`` runs the ``lightning-mix`` command."""
+
+from lightning_mix.cli import main
+
+main()
