@@ -5,6 +5,10 @@ Each class accumulates per-bin sums and hands them to the reductions of
 the concatenated data. States are float64 sums reduced with ``sum`` under DDP: a sync exchanges a
 few hundred bytes however many samples were seen (torchmetrics' ``CalibrationError`` keeps two
 floats per sample and gathers all of them).
+
+``update`` detaches ``preds``: the classes declare ``is_differentiable = False`` and ``forward``
+returns tensors without a graph. Bad input raises the functional forms' errors (see
+:mod:`lightning_mix.metrics.functional`); ``compute`` with no samples seen returns nan with a warning.
 """
 
 from __future__ import annotations
@@ -61,23 +65,28 @@ class _BinnedCalibration(Metric):
         self.add_state("bins", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``preds`` (N, C) or (N,) as ``input`` says, ``target`` (N,) labels."""
-        preds, target = CF.prepare_inputs(preds, target, self.input, validate_args=False)
-        if self.kind == "top_label":
-            conf, correct = CF.top_label_confidence(preds, target, self.input, self.binary)
-            if self.validate_args:  # after the max over classes, while the batch is still in cache
-                CF.check_values(preds, target, self.input)
-        else:
-            if (2 if preds.dim() == 1 else preds.shape[1]) != self.num_classes:
-                raise ValueError(f"preds have {preds.shape[-1]} classes but num_classes={self.num_classes}.")
-            if self.validate_args:
-                CF.check_values(preds, target, self.input)
-            conf = CF.class_probabilities(preds, self.input)
-            correct = torch.nn.functional.one_hot(target, self.num_classes).to(conf.dtype)
+        """Add a batch: ``preds`` (N, C) or (N,) as ``input`` says, ``target`` (N,) labels.
+
+        ``preds`` are detached (the metric is not differentiable). With ``validate_args`` the
+        values are checked first (finite preds, labels in range, probabilities that sum to one),
+        so a bad batch raises the same clear error as the functional form.
+        """
+        preds, target = CF.prepare_inputs(preds.detach(), target, self.input, validate_args=self.validate_args)
+        num_classes = CF.num_classes_of(preds)
+        if self.kind != "top_label" and num_classes != self.num_classes:
+            raise ValueError(f"preds have {num_classes} classes but num_classes={self.num_classes}.")
+        with CF.clear_label_errors(target, num_classes):
+            if self.kind == "top_label":
+                conf, correct = CF.top_label_confidence(preds, target, self.input, self.binary)
+            else:
+                conf = CF.class_probabilities(preds, self.input)
+                correct = torch.nn.functional.one_hot(target, self.num_classes).to(conf.dtype)
         index = CF.uniform_bin_index(conf, self.state_bins)
         self.bins += CF.bin_sums(index, conf, correct, self.state_bins)
 
     def _stats(self) -> torch.Tensor:
+        if not bool(self.bins[..., 0, :].sum() > 0):  # compute time, after the DDP sync: one host sync is fine
+            CF.warn_empty(type(self).__name__)
         if self.binning == "uniform":
             return self.bins
         return CF.merge_fine_bins(self.bins, self.n_bins)
@@ -188,7 +197,7 @@ class ReliabilityDiagram(_BinnedCalibration):
         self._setup_bins(n_bins, "uniform", "top_label", None, input, binary, n_bins, validate_args)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return CF.reliability_from_bins(self.bins)
+        return CF.reliability_from_bins(self._stats())
 
     def plot(self, val: Any = None, ax: Any = None, title: str | None = None) -> tuple[Any, Any]:
         """Draw the diagram (``val`` defaults to ``compute()``); returns ``(figure, axes)``."""
@@ -236,13 +245,16 @@ class SmoothECE(Metric):
         self.add_state("grid", default=torch.zeros(2, grid_size, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        preds, target = CF.prepare_inputs(preds, target, self.input, self.validate_args)
-        conf, correct = CF.top_label_confidence(preds, target, self.input, self.binary)
+        preds, target = CF.prepare_inputs(preds.detach(), target, self.input, self.validate_args)
+        with CF.clear_label_errors(target, CF.num_classes_of(preds)):
+            conf, correct = CF.top_label_confidence(preds, target, self.input, self.binary)
         conf = conf.to(torch.float64)
         weights = torch.stack([conf - correct.to(torch.float64), torch.ones_like(conf)])
         self.grid += CF.splat_to_grid(conf, weights, self.grid_size)
 
     def compute(self) -> torch.Tensor:
+        if not bool(self.grid[1].sum() > 0):
+            CF.warn_empty(type(self).__name__)
         nodes = torch.linspace(0, 1, self.grid_size, dtype=torch.float64, device=self.grid.device)
         value, self.bandwidth = CF.smooth_ece_from_points(nodes, self.grid, self.eps)
         return torch.tensor(value, dtype=torch.float32, device=self.grid.device)
@@ -271,12 +283,14 @@ class _MeanOfPerSampleLoss(Metric):
         raise NotImplementedError
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        total, count = self._sums(preds, target, self.input, self.validate_args)
+        total, count = self._sums(preds.detach(), target, self.input, self.validate_args)
         self.total += total
         self.count += count
 
     def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp_min(1)).float()
+        if not bool(self.count > 0):
+            CF.warn_empty(type(self).__name__)
+        return (self.total / self.count).float()
 
 
 class BrierScore(_MeanOfPerSampleLoss):

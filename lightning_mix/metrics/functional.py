@@ -14,11 +14,21 @@ only (confidence ``p``, "accuracy" the label itself), which is what torchmetrics
 
 Bins: equal-width bins are ``[k/n, (k+1)/n)`` with a confidence of exactly 1.0 in the last bin
 and 0.0 in the first (torchmetrics puts 1.0 in a hidden extra bin, torchmetrics #3510).
+
+Bad input (functions and classes alike): with ``validate_args=True`` (default) non-finite preds
+(nan or inf: a diverged or overflowed model), labels outside ``[0, C)`` and probabilities that do
+not sum to one raise a ``ValueError`` that names the problem; the check costs one host
+synchronisation per call. With ``validate_args=False`` nothing is checked up front: non-finite
+preds give nan, and an out-of-range label still raises the same clear error where indexing
+catches it (CPU). No samples at all (empty data, or a class that saw only empty updates) gives
+nan with a ``UserWarning``, never 0.0, which would read as "perfectly calibrated".
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +98,22 @@ def _check_shapes(preds: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"preds of shape (N, C) need C >= 2 classes, got C={preds.shape[1]}; pass (N,) for binary.")
 
 
+def _label_error(target: torch.Tensor, num_classes: int) -> ValueError:
+    low, high = torch.aminmax(target)
+    return ValueError(
+        f"target holds labels outside [0, {num_classes}) (min {int(low)}, max {int(high)}); "
+        "check num_classes or the labels."
+    )
+
+
 def check_values(preds: torch.Tensor, target: torch.Tensor, input: str) -> None:
-    """Value checks (one host synchronisation): labels in range, probabilities that sum to one."""
+    """Value checks (one host synchronisation): finite preds, labels in range, probabilities that sum to one."""
     num_classes = 2 if preds.dim() == 1 else preds.shape[1]
     if target.numel() == 0:
         return
     low, high = torch.aminmax(target)
     bad_target = (low < 0) | (high >= num_classes)
+    bad_finite = ~torch.isfinite(preds).all()
     if input == "probs":
         if preds.dim() == 2:
             bad_probs = (preds.sum(-1) - 1).abs().amax() > PROB_SUM_TOLERANCE
@@ -103,12 +122,11 @@ def check_values(preds: torch.Tensor, target: torch.Tensor, input: str) -> None:
             bad_probs = (lo < 0) | (hi > 1)
     else:
         bad_probs = torch.zeros((), dtype=torch.bool, device=preds.device)
-    if bool(bad_target | bad_probs):
+    if bool(bad_target | bad_probs | bad_finite):
+        if bool(bad_finite):
+            raise non_finite_error(preds, "preds")
         if bool(bad_target):
-            raise ValueError(
-                f"target holds labels outside [0, {num_classes}) (min {int(low)}, max {int(high)}); "
-                "check num_classes or the labels."
-            )
+            raise _label_error(target, num_classes)
         if preds.dim() == 2:
             worst = float((preds.sum(-1) - 1).abs().amax())
             raise ValueError(
@@ -118,6 +136,49 @@ def check_values(preds: torch.Tensor, target: torch.Tensor, input: str) -> None:
         raise ValueError(
             "input='probs' but binary preds lie outside [0, 1]; pass input='logits' for raw scores."
         )
+
+
+def non_finite_error(values: torch.Tensor, name: str) -> ValueError:
+    """The error for nan/inf model outputs: how many, and what to do."""
+    bad = ~torch.isfinite(values)
+    rows = int(bad.reshape(bad.shape[0], -1).any(-1).sum()) if bad.dim() else int(bad)
+    return ValueError(
+        f"{name} hold non-finite values (nan or inf) in {rows} of {values.shape[0] if values.dim() else 1} "
+        "samples: the model's outputs have diverged or overflowed (e.g. in float16). Calibration is undefined "
+        "for them; fix the model or its precision (validate_args=False skips this check and gives nan)."
+    )
+
+
+@contextmanager
+def clear_label_errors(target: torch.Tensor, num_classes: int):
+    """Turn torch's raw index error for an out-of-range label into the clear error of :func:`check_values`.
+
+    Used where ``validate_args=False`` skipped the range check: the indexing itself fails (on the
+    CPU) and the label range is examined only then, so valid batches pay nothing.
+    """
+    try:
+        yield
+    except (IndexError, RuntimeError) as err:
+        if target.numel() and not target.is_floating_point():
+            low, high = torch.aminmax(target)
+            if bool((low < 0) | (high >= num_classes)):
+                raise _label_error(target, num_classes) from err
+        raise
+
+
+def _warn_if_empty(preds: torch.Tensor, name: str) -> None:
+    if preds.shape[0] == 0:
+        warn_empty(name)
+
+
+def num_classes_of(preds: torch.Tensor) -> int:
+    """Number of classes of (N, C) scores, 2 for binary (N,) scores."""
+    return 2 if preds.dim() == 1 else preds.shape[1]
+
+
+def warn_empty(name: str) -> None:
+    """Warn that a metric saw no samples (its value is nan, never a 'perfect' 0)."""
+    warnings.warn(f"{name}: no samples were seen (empty data); the value is nan.", UserWarning, stacklevel=3)
 
 
 def prepare_inputs(
@@ -264,8 +325,18 @@ def _bin_means(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return count, weight, conf_sum / safe, correct_sum / safe
 
 
+def nan_if_empty(value: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """``value``, or nan where the per-bin sums (..., 3, n_bins) hold no sample at all (no host sync)."""
+    seen = stats[..., 0, :].sum() > 0
+    return torch.where(seen, value, torch.full_like(value, math.nan))
+
+
 def calibration_error_from_bins(stats: torch.Tensor, norm: str = "l1", debias: bool = False, kind: str = "top_label"):
-    """Calibration error from per-bin sums (..., 3, n_bins); see :func:`calibration_error`."""
+    """Calibration error from per-bin sums (..., 3, n_bins); see :func:`calibration_error`. nan when empty."""
+    return nan_if_empty(_calibration_error_from_bins(stats, norm, debias, kind), stats)
+
+
+def _calibration_error_from_bins(stats: torch.Tensor, norm: str, debias: bool, kind: str) -> torch.Tensor:
     count, weight, conf, acc = _bin_means(stats)
     gap = conf - acc  # zero in empty bins
     if norm == "l1":
@@ -289,12 +360,12 @@ def calibration_error_from_bins(stats: torch.Tensor, norm: str = "l1", debias: b
 
 
 def confidence_error_from_bins(stats: torch.Tensor, over: bool, confidence_weighted: bool = False) -> torch.Tensor:
-    """Over- (conf > acc) or under-confidence (acc > conf) part of the l1 ECE from per-bin sums."""
+    """Over- (conf > acc) or under-confidence (acc > conf) part of the l1 ECE from per-bin sums; nan when empty."""
     _, weight, conf, acc = _bin_means(stats)
     part = (conf - acc).clamp_min(0) if over else (acc - conf).clamp_min(0)
     if confidence_weighted:
         part = part * conf
-    return (weight * part).sum(-1)
+    return nan_if_empty((weight * part).sum(-1), stats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,11 +376,12 @@ def confidence_error_from_bins(stats: torch.Tensor, over: bool, confidence_weigh
 def _binned_stats(
     preds: torch.Tensor, target: torch.Tensor, n_bins: int, binning: str, kind: str, input: str, binary: str
 ) -> torch.Tensor:
-    if kind == "top_label":
-        conf, correct = top_label_confidence(preds, target, input, binary)
-    else:
-        conf = class_probabilities(preds, input)
-        correct = F.one_hot(target, conf.shape[1]).to(conf.dtype)
+    with clear_label_errors(target, num_classes_of(preds)):
+        if kind == "top_label":
+            conf, correct = top_label_confidence(preds, target, input, binary)
+        else:
+            conf = class_probabilities(preds, input)
+            correct = F.one_hot(target, conf.shape[1]).to(conf.dtype)
     index = uniform_bin_index(conf, n_bins) if binning == "uniform" else quantile_bin_index(conf, n_bins)
     return bin_sums(index, conf, correct, n_bins)
 
@@ -351,6 +423,7 @@ def calibration_error(
     """
     check_calibration_args(n_bins, norm, binning, kind, debias, input, binary)
     preds, target = prepare_inputs(preds, target, input, validate_args)
+    _warn_if_empty(preds, "calibration_error")
     stats = _binned_stats(preds, target, n_bins, binning, kind, input, binary)
     return calibration_error_from_bins(stats, norm, debias, kind).to(preds.dtype)
 
@@ -358,6 +431,7 @@ def calibration_error(
 def _confidence_error(preds, target, n_bins, binning, input, binary, confidence_weighted, validate_args, over):
     check_calibration_args(n_bins, "l1", binning, "top_label", False, input, binary)
     preds, target = prepare_inputs(preds, target, input, validate_args)
+    _warn_if_empty(preds, "overconfidence_error" if over else "underconfidence_error")
     stats = _binned_stats(preds, target, n_bins, binning, "top_label", input, binary)
     return confidence_error_from_bins(stats, over, confidence_weighted).to(preds.dtype)
 
@@ -414,6 +488,7 @@ def reliability_diagram(
     """
     check_calibration_args(n_bins, input=input, binary=binary)
     preds, target = prepare_inputs(preds, target, input, validate_args)
+    _warn_if_empty(preds, "reliability_diagram")
     return reliability_from_bins(_binned_stats(preds, target, n_bins, "uniform", "top_label", input, binary))
 
 
@@ -440,13 +515,16 @@ def brier_score(
     two-class sum.
     """
     total, count = brier_sums(preds, target, input, validate_args)
-    return (total / count.clamp_min(1)).to(preds.dtype if preds.is_floating_point() else torch.float32)
+    _warn_if_empty(preds, "brier_score")
+    return (total / count).to(preds.dtype if preds.is_floating_point() else torch.float32)
 
 
 def _dense_or_labels(preds: torch.Tensor, target: torch.Tensor, input: str, validate_args: bool):
     if target.is_floating_point() and target.shape == preds.shape and preds.dim() == 2:
         _check_choice("input", input, _INPUTS)
         preds = preds if preds.dtype in (torch.float32, torch.float64) else preds.float()
+        if validate_args and not bool(torch.isfinite(preds).all()):
+            raise non_finite_error(preds, "preds")
         if validate_args and input == "probs" and bool((preds.sum(-1) - 1).abs().amax() > PROB_SUM_TOLERANCE):
             raise ValueError("input='probs' but rows of preds do not sum to one; pass input='logits' or normalise.")
         return preds, target.to(preds.dtype)
@@ -464,7 +542,8 @@ def brier_sums(preds, target, input="logits", validate_args=True) -> tuple[torch
         probs = class_probabilities(preds, input)
         if dense is None:
             # sum_c p_c^2 - 2 p_y + 1, without materialising the one-hot targets
-            per = probs.square().sum(-1) - 2 * probs.gather(1, target.view(-1, 1)).squeeze(1) + 1
+            with clear_label_errors(target, num_classes_of(preds)):
+                per = probs.square().sum(-1) - 2 * probs.gather(1, target.view(-1, 1)).squeeze(1) + 1
         else:
             per = (probs - dense).square().sum(-1)
     return per.sum(dtype=torch.float64), torch.tensor(float(per.numel()), dtype=torch.float64, device=per.device)
@@ -481,7 +560,8 @@ def negative_log_likelihood(
     binary cross-entropy.
     """
     total, count = nll_sums(preds, target, input, validate_args)
-    return (total / count.clamp_min(1)).to(preds.dtype if preds.is_floating_point() else torch.float32)
+    _warn_if_empty(preds, "negative_log_likelihood")
+    return (total / count).to(preds.dtype if preds.is_floating_point() else torch.float32)
 
 
 def nll_sums(preds, target, input="logits", validate_args=True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,7 +577,8 @@ def nll_sums(preds, target, input="logits", validate_args=True) -> tuple[torch.T
     else:
         log_p = preds.log_softmax(-1) if input == "logits" else preds.clamp_min(1e-12).log()
         if dense is None:
-            per = -log_p.gather(1, target.view(-1, 1)).squeeze(1)
+            with clear_label_errors(target, num_classes_of(preds)):
+                per = -log_p.gather(1, target.view(-1, 1)).squeeze(1)
         else:
             per = -(dense * log_p).sum(-1)
     return per.sum(dtype=torch.float64), torch.tensor(float(per.numel()), dtype=torch.float64, device=per.device)
@@ -560,6 +641,9 @@ def smooth_ece_from_points(points: torch.Tensor, weights: torch.Tensor, eps: flo
     """(smECE, bandwidth): the automatic bandwidth is the fixed point sigma = smECE_sigma, found by
     ten bisection steps on (0, 1] as in the paper's reference code."""
 
+    if not float(weights[1].sum()) > 0:  # no samples: undefined, never a perfect 0
+        return math.nan, math.nan
+
     def too_small(alpha: float) -> bool:
         return alpha < eps or alpha < smooth_ece_at(points, weights, alpha)
 
@@ -596,7 +680,9 @@ def smooth_ece(
     """
     _check_choice("binary", binary, _BINARY)
     preds, target = prepare_inputs(preds, target, input, validate_args)
-    conf, correct = top_label_confidence(preds, target, input, binary)
+    _warn_if_empty(preds, "smooth_ece")
+    with clear_label_errors(target, num_classes_of(preds)):
+        conf, correct = top_label_confidence(preds, target, input, binary)
     conf = conf.to(torch.float64)
     weights = torch.stack([conf - correct.to(torch.float64), torch.ones_like(conf)])
     value, sigma = smooth_ece_from_points(conf, weights, eps)

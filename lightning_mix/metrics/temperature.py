@@ -32,8 +32,25 @@ def _prepare(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
                 f"dense targets must have the logits' shape {tuple(logits.shape)}, got {tuple(targets.shape)}."
             )
         targets = targets.detach().to(torch.float64)
+        if not bool(torch.isfinite(targets).all()):
+            raise ValueError("dense targets hold non-finite values (nan or inf); a temperature cannot be fitted.")
     elif targets.shape != logits.shape[:1]:
         raise ValueError(f"targets must be (N,) labels for logits of shape {tuple(logits.shape)}.")
+    else:
+        low, high = torch.aminmax(targets)
+        if int(low) < 0 or int(high) >= logits.shape[1]:
+            raise ValueError(
+                f"targets hold labels outside [0, {logits.shape[1]}) (min {int(low)}, max {int(high)}) "
+                f"for logits of {logits.shape[1]} classes."
+            )
+    finite = torch.isfinite(logits).all(-1)
+    if not bool(finite.all()):
+        rows = int((~finite).sum())
+        raise ValueError(
+            f"logits hold non-finite values (nan or inf) in {rows} of {logits.shape[0]} rows; no temperature "
+            "makes their NLL finite. The model's outputs have diverged or overflowed (e.g. in float16): fix the "
+            "model, its precision or the data before fitting a temperature."
+        )
     return logits.detach().to(torch.float64), targets.detach()
 
 
@@ -75,6 +92,11 @@ def fit_temperature(
         targets: (N,) labels or dense (N, C) class probabilities.
         max_iter: L-BFGS iterations.
         min_temperature, max_temperature: bounds of the fallback search and of an accepted T.
+
+    Raises:
+        ValueError: on empty or misshapen input, labels outside ``[0, C)``, or any non-finite
+            (nan/inf) logit: such outputs have no finite NLL at any T, so no temperature is
+            returned for them (never a silent T = 1).
     """
     if not 0 < min_temperature < 1 < max_temperature:
         raise ValueError(
