@@ -25,6 +25,8 @@ from lightning_mix.metrics import (
 )
 from lightning_mix.metrics.plot import require_matplotlib
 
+__all__ = ["AVAILABLE_METRICS", "DEFAULT_METRICS", "CalibrationMonitor", "figure_to_rgb", "get_batch_entry", "labels_of"]
+
 DEFAULT_METRICS = (
     "ece",
     "adaece",
@@ -40,22 +42,27 @@ DEFAULT_METRICS = (
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
 
-def _build_metric(name: str, n_bins: int, num_classes: int) -> Metric:
+_INPUTS = ("logits", "probs")
+
+
+def _build_metric(name: str, n_bins: int, num_classes: int, input: str = "logits") -> Metric:
     builders = {
-        "ece": lambda: CalibrationError(n_bins, "l1"),
-        "adaece": lambda: CalibrationError(n_bins, "l1", binning="quantile"),
-        "mce": lambda: CalibrationError(n_bins, "max"),
-        "rmsce": lambda: CalibrationError(n_bins, "l2"),
-        "debiased_rmsce": lambda: CalibrationError(n_bins, "l2", debias=True),
-        "classwise_ece": lambda: CalibrationError(n_bins, "l1", kind="classwise", num_classes=num_classes),
-        "marginal_rmsce": lambda: CalibrationError(
-            n_bins, "l2", kind="marginal", debias=True, binning="quantile", num_classes=num_classes
+        "ece": lambda: CalibrationError(n_bins, "l1", input=input),
+        "adaece": lambda: CalibrationError(n_bins, "l1", binning="quantile", input=input),
+        "mce": lambda: CalibrationError(n_bins, "max", input=input),
+        "rmsce": lambda: CalibrationError(n_bins, "l2", input=input),
+        "debiased_rmsce": lambda: CalibrationError(n_bins, "l2", debias=True, input=input),
+        "classwise_ece": lambda: CalibrationError(
+            n_bins, "l1", kind="classwise", num_classes=num_classes, input=input
         ),
-        "smece": lambda: SmoothECE(),
-        "overconfidence": lambda: OverconfidenceError(n_bins),
-        "underconfidence": lambda: UnderconfidenceError(n_bins),
-        "brier": lambda: BrierScore(),
-        "nll": lambda: NegativeLogLikelihood(),
+        "marginal_rmsce": lambda: CalibrationError(
+            n_bins, "l2", kind="marginal", debias=True, binning="quantile", num_classes=num_classes, input=input
+        ),
+        "smece": lambda: SmoothECE(input=input),
+        "overconfidence": lambda: OverconfidenceError(n_bins, input=input),
+        "underconfidence": lambda: UnderconfidenceError(n_bins, input=input),
+        "brier": lambda: BrierScore(input=input),
+        "nll": lambda: NegativeLogLikelihood(input=input),
     }
     return builders[name]()
 
@@ -105,12 +112,18 @@ def figure_to_rgb(fig: Any):
 class CalibrationMonitor(Callback):
     """Log calibration metrics as ``{stage}/cal/{name}`` and a reliability diagram each validation/test epoch.
 
-    Logits come from what ``validation_step``/``test_step`` return: a dict with ``logits_key``
+    Model outputs come from what ``validation_step``/``test_step`` return: a dict with ``logits_key``
     (``SmallCNN`` returns ``{"logits": ..., "loss": ...}``). When the step returns something else,
     the callback runs the module's forward on ``batch[input_key]`` itself (one extra forward
     pass per batch, under ``no_grad``). Labels are ``batch[target_key]`` (dense targets use
-    their largest weight). Logits are cast to float32; the metrics live on the module's device,
-    keep constant-size state (per-bin sums) and synchronise under DDP before they are logged.
+    their largest weight). ``input="logits"`` (default) reads them as logits; ``input="probs"``
+    for a model whose forward returns probabilities (rows that sum to one; checked). Outputs are
+    cast to float32; the metrics live on the module's device, keep constant-size state (per-bin
+    sums) and synchronise under DDP before they are logged.
+
+    Several validation (or test) dataloaders: each gets its own metrics, logged as
+    ``{stage}/cal/{name}/dataloader_idx_{i}`` (Lightning's naming for the module's own metrics),
+    and its own reliability diagram; with one dataloader the names carry no suffix.
     Stages: ``"validate"`` (validation during fit and ``trainer.validate``, prefix ``val``) and
     ``"test"`` (prefix ``test``); the sanity check is skipped.
 
@@ -146,8 +159,11 @@ class CalibrationMonitor(Callback):
         plot: bool = True,
         n_bins: int = 15,
         num_classes: int | None = None,
+        input: str = "logits",
     ) -> None:
         super().__init__()
+        if input not in _INPUTS:
+            raise ValueError(f"input must be one of {_INPUTS} (what forward returns), got {input!r}.")
         names = list(DEFAULT_METRICS if metrics is None else metrics)
         unknown = [n for n in names if n not in AVAILABLE_METRICS]
         if unknown:
@@ -165,7 +181,8 @@ class CalibrationMonitor(Callback):
         self.plot = plot
         self.n_bins = n_bins
         self.num_classes = num_classes
-        self._metrics: dict[str, dict[str, Metric]] = {}
+        self.input = input
+        self._metrics: dict[tuple[str, int], dict[str, Metric]] = {}
         self.last_figure_paths: list[Path] = []
 
     # ---------------------------------------------------------------------------------- hooks
@@ -177,10 +194,10 @@ class CalibrationMonitor(Callback):
         self._start("test", trainer, pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update("validate", trainer, pl_module, outputs, batch)
+        self._update("validate", trainer, pl_module, outputs, batch, dataloader_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._update("test", trainer, pl_module, outputs, batch)
+        self._update("test", trainer, pl_module, outputs, batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish("validate", trainer, pl_module)
@@ -193,18 +210,25 @@ class CalibrationMonitor(Callback):
     def _active(self, stage: str, trainer: pl.Trainer) -> bool:
         return stage in self.stages and not trainer.sanity_checking
 
-    def _start(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._metrics.pop(stage, None)
-        if self._active(stage, trainer) and self.num_classes is not None:
-            self._create(stage, self.num_classes, pl_module.device)
+    @staticmethod
+    def _num_loaders(stage: str, trainer: pl.Trainer) -> int:
+        counts = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
+        return max(1, len(counts))
 
-    def _create(self, stage: str, num_classes: int, device: torch.device) -> dict[str, Metric]:
-        metrics = {name: _build_metric(name, self.n_bins, num_classes) for name in self.metric_names}
+    def _start(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for key in [key for key in self._metrics if key[0] == stage]:
+            del self._metrics[key]
+        if self._active(stage, trainer) and self.num_classes is not None:
+            for index in range(self._num_loaders(stage, trainer)):
+                self._create(stage, index, self.num_classes, pl_module.device)
+
+    def _create(self, stage: str, index: int, num_classes: int, device: torch.device) -> dict[str, Metric]:
+        metrics = {name: _build_metric(name, self.n_bins, num_classes, self.input) for name in self.metric_names}
         if self.plot:
-            metrics["_diagram"] = ReliabilityDiagram(self.n_bins)
+            metrics["_diagram"] = ReliabilityDiagram(self.n_bins, input=self.input)
         for metric in metrics.values():
             metric.to(device)
-        self._metrics[stage] = metrics
+        self._metrics[(stage, index)] = metrics
         return metrics
 
     def _logits(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> torch.Tensor:
@@ -215,43 +239,46 @@ class CalibrationMonitor(Callback):
             with torch.no_grad():
                 logits = pl_module(inputs)
         if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"CalibrationMonitor: logits must be a tensor, got {type(logits).__name__}.")
+            raise TypeError(f"CalibrationMonitor: the model's output must be a tensor, got {type(logits).__name__}.")
         return logits.detach().float()
 
-    def _update(self, stage: str, trainer, pl_module, outputs: Any, batch: Any) -> None:
+    def _update(self, stage: str, trainer, pl_module, outputs: Any, batch: Any, dataloader_idx: int = 0) -> None:
         if not self._active(stage, trainer):
             return
         logits = self._logits(pl_module, outputs, batch)
         labels = labels_of(get_batch_entry(batch, self.target_key, "CalibrationMonitor", "target")).to(logits.device)
-        metrics = self._metrics.get(stage)
+        metrics = self._metrics.get((stage, dataloader_idx))
         if metrics is None:
             num_classes = 2 if logits.dim() == 1 else logits.shape[-1]
-            metrics = self._create(stage, num_classes, logits.device)
+            metrics = self._create(stage, dataloader_idx, num_classes, logits.device)
         for metric in metrics.values():
             metric.update(logits, labels)
 
     def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(stage, trainer):
             return
-        metrics = self._metrics.pop(stage, None)
-        if metrics is None:
-            return
+        several = self._num_loaders(stage, trainer) > 1
         prefix = _STAGE_PREFIX[stage]
-        for name in self.metric_names:
-            pl_module.log(f"{prefix}/cal/{name}", metrics[name].compute(), sync_dist=True)
-        if self.plot:
-            diagram = metrics["_diagram"].compute()  # every rank joins the sync
-            if trainer.is_global_zero:
-                self._log_figure(trainer, prefix, diagram)
+        for (key_stage, index) in sorted(key for key in self._metrics if key[0] == stage):
+            metrics = self._metrics.pop((key_stage, index))
+            suffix = f"/dataloader_idx_{index}" if several else ""
+            for name in self.metric_names:
+                pl_module.log(
+                    f"{prefix}/cal/{name}{suffix}", metrics[name].compute(), sync_dist=True, add_dataloader_idx=False
+                )
+            if self.plot:
+                diagram = metrics["_diagram"].compute()  # every rank joins the sync
+                if trainer.is_global_zero:
+                    self._log_figure(trainer, prefix, diagram, suffix)
 
-    def _log_figure(self, trainer: pl.Trainer, prefix: str, diagram: dict[str, torch.Tensor]) -> None:
+    def _log_figure(self, trainer: pl.Trainer, prefix: str, diagram: dict[str, torch.Tensor], suffix: str = "") -> None:
         if not trainer.loggers:
             return
         from lightning_mix.metrics.plot import plot_reliability_diagram
 
         step, epoch = trainer.global_step, trainer.current_epoch
-        tag = f"{prefix}/cal/reliability_diagram"
-        fig, _ = plot_reliability_diagram(diagram, title=f"{prefix} reliability (epoch {epoch})")
+        tag = f"{prefix}/cal/reliability_diagram{suffix}"
+        fig, _ = plot_reliability_diagram(diagram, title=f"{prefix}{suffix} reliability (epoch {epoch})")
         wrote_png = False
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -259,7 +286,7 @@ class CalibrationMonitor(Callback):
             elif hasattr(logger, "log_image"):
                 logger.log_image(key=tag, images=[figure_to_rgb(fig)], step=step)
             elif not wrote_png:
-                self._save_png(fig, trainer, prefix, epoch, step)
+                self._save_png(fig, trainer, prefix + suffix.replace("/", "_"), epoch, step)
                 wrote_png = True
 
     def _save_png(self, fig: Any, trainer: pl.Trainer, prefix: str, epoch: int, step: int) -> None:
