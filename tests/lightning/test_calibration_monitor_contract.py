@@ -109,3 +109,20 @@ def test_input_probs_for_a_model_that_returns_probabilities(tmp_path):
 def test_bad_input_argument():
     with pytest.raises(ValueError, match="input must be one of"):
         CalibrationMonitor(input="softmax")
+
+
+@pytest.mark.parametrize("preset", ["calibration_monitor.yaml", "temperature_scaling.yaml"])
+def test_presets_build_their_callback_with_every_listed_argument(preset):
+    import importlib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "callbacks" / preset).read_text())
+    (entry,) = config["trainer"]["callbacks+"]
+    module, name = entry["class_path"].rsplit(".", 1)
+    callback = getattr(importlib.import_module(module), name)(**entry["init_args"])
+    for key, value in entry["init_args"].items():
+        attribute = {"metrics": "metric_names"}.get(key, key)
+        got = getattr(callback, attribute)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
