@@ -107,28 +107,36 @@ def _label_error(target: torch.Tensor, num_classes: int) -> ValueError:
 
 
 def check_values(preds: torch.Tensor, target: torch.Tensor, input: str) -> None:
-    """Value checks (one host synchronisation): finite preds, labels in range, probabilities that sum to one."""
+    """Value checks (one host synchronisation): finite preds, labels in range, probabilities that sum to one.
+
+    Finiteness is read from the row sums (a nan or inf entry makes its row's sum non-finite), which
+    costs one pass over the batch that the probability check needs anyway; a row sum that merely
+    overflows is confirmed against the entries before anything is raised.
+    """
     num_classes = 2 if preds.dim() == 1 else preds.shape[1]
     if target.numel() == 0:
         return
     low, high = torch.aminmax(target)
     bad_target = (low < 0) | (high >= num_classes)
-    bad_finite = ~torch.isfinite(preds).all()
+    row_sums = preds.sum(-1) if preds.dim() == 2 else preds
+    bad_finite = ~torch.isfinite(row_sums).all()
     if input == "probs":
         if preds.dim() == 2:
-            bad_probs = (preds.sum(-1) - 1).abs().amax() > PROB_SUM_TOLERANCE
+            bad_probs = (row_sums - 1).abs().amax() > PROB_SUM_TOLERANCE
         else:
             lo, hi = torch.aminmax(preds)
             bad_probs = (lo < 0) | (hi > 1)
     else:
         bad_probs = torch.zeros((), dtype=torch.bool, device=preds.device)
     if bool(bad_target | bad_probs | bad_finite):
-        if bool(bad_finite):
+        if bool(bad_finite) and not bool(torch.isfinite(preds).all()):
             raise non_finite_error(preds, "preds")
         if bool(bad_target):
             raise _label_error(target, num_classes)
+        if not bool(bad_probs):
+            return  # only a row sum overflowed; the entries are finite
         if preds.dim() == 2:
-            worst = float((preds.sum(-1) - 1).abs().amax())
+            worst = float((row_sums - 1).abs().amax())
             raise ValueError(
                 f"input='probs' but rows of preds do not sum to one (largest deviation {worst:.3g}); "
                 "pass input='logits' for unnormalised scores, or normalise the probabilities."
@@ -523,9 +531,10 @@ def _dense_or_labels(preds: torch.Tensor, target: torch.Tensor, input: str, vali
     if target.is_floating_point() and target.shape == preds.shape and preds.dim() == 2:
         _check_choice("input", input, _INPUTS)
         preds = preds if preds.dtype in (torch.float32, torch.float64) else preds.float()
-        if validate_args and not bool(torch.isfinite(preds).all()):
+        row_sums = preds.sum(-1)
+        if validate_args and not bool(torch.isfinite(row_sums).all()) and not bool(torch.isfinite(preds).all()):
             raise non_finite_error(preds, "preds")
-        if validate_args and input == "probs" and bool((preds.sum(-1) - 1).abs().amax() > PROB_SUM_TOLERANCE):
+        if validate_args and input == "probs" and bool((row_sums - 1).abs().amax() > PROB_SUM_TOLERANCE):
             raise ValueError("input='probs' but rows of preds do not sum to one; pass input='logits' or normalise.")
         return preds, target.to(preds.dtype)
     preds, target = prepare_inputs(preds, target, input, validate_args)

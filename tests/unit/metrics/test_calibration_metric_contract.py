@@ -217,3 +217,10 @@ def test_fit_temperature_refuses_out_of_range_labels():
     y[0] = C
     with pytest.raises(ValueError, match=rf"outside \[0, {C}\)"):
         fit_temperature(logits, y)
+
+
+def test_finite_logits_whose_row_sum_overflows_are_not_called_non_finite():
+    logits = torch.tensor([[3e38, 3e38, 0.0], [0.0, 1.0, 2.0]])  # finite entries, the first row sums to inf
+    target = torch.tensor([0, 2])
+    assert float(calibration_error(logits, target, n_bins=2)) >= 0
+    CalibrationError(n_bins=2).update(logits, target)
