@@ -46,12 +46,11 @@ class _BinnedCalibration(Metric):
     def _setup_bins(self, n_bins, binning, kind, num_classes, input, binary, grid_size, validate_args) -> None:
         if binning == "quantile" and (not isinstance(grid_size, int) or grid_size < n_bins):
             raise ValueError(f"grid_size must be an integer >= n_bins ({n_bins}), got {grid_size!r}.")
-        if kind != "top_label":
-            if num_classes is None or num_classes < 2:
-                raise ValueError(
-                    f"kind={kind!r} keeps per-class bins, so it needs num_classes (>= 2) up front; "
-                    f"got num_classes={num_classes!r}. Use 2 for binary (N,) preds."
-                )
+        if kind != "top_label" and (num_classes is None or num_classes < 2):
+            raise ValueError(
+                f"kind={kind!r} keeps per-class bins, so it needs num_classes (>= 2) up front; "
+                f"got num_classes={num_classes!r}. Use 2 for binary (N,) preds."
+            )
         self.n_bins = n_bins
         self.binning = binning
         self.kind = kind

@@ -12,7 +12,10 @@ import relplot
 import torch
 from _metric_tester import check_differentiability, check_metric
 from sklearn.metrics import log_loss
-from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+from torchmetrics.functional.classification import (
+    binary_calibration_error,
+    multiclass_calibration_error,
+)
 
 from lightning_mix.metrics import (
     BrierScore,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import calibration as vc
-import numpy as np
 import pytest
 import relplot
 import torch
 from sklearn.metrics import brier_score_loss, log_loss
-from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+from torchmetrics.functional.classification import (
+    binary_calibration_error,
+    multiclass_calibration_error,
+)
 
 from lightning_mix.metrics import (
     BrierScore,
