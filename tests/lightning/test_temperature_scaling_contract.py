@@ -130,7 +130,10 @@ def test_fits_on_the_chosen_validation_loader_only(tmp_path, index):
     model, in_dist, ood = _multi_loader_fit(tmp_path, ts)
     chosen = (in_dist, ood)[index]
     assert ts.report["samples"] == len(chosen[1])  # never both loaders pooled
-    assert ts.temperature == pytest.approx(_expected_temperature(model, *chosen), rel=1e-5)
+    expected = _expected_temperature(model, *chosen)
+    assert ts.temperature == pytest.approx(expected, rel=1e-5)
+    # the per-validation fit (the last validation saw the final weights) used the same loader only
+    assert float(model.trainer.callback_metrics["val/cal/temperature"]) == pytest.approx(expected, rel=1e-4)
 
 
 def test_an_index_past_the_validation_loaders_is_a_clear_error(tmp_path):
@@ -164,3 +167,18 @@ def test_non_finite_logits_are_a_clear_error_never_a_fitted_t(tmp_path):
     ):
         _trainer(tmp_path, [ts]).fit(model, _loader(*_tensors()), _loader(*_tensors(seed=1)))
     assert not ts.fitted and ts.temperature == 1.0
+
+
+def test_the_hook_is_removed_when_a_test_run_fails(tmp_path):
+    class Failing(Linear):
+        def test_step(self, batch, batch_idx):
+            raise RuntimeError("boom")
+
+    torch.manual_seed(0)
+    model, ts = Failing(), TemperatureScaling(verbose=False)
+    ts.temperature, ts.fitted = 2.0, True
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer(tmp_path, [ts]).test(model, _loader(*_tensors(seed=1)), verbose=False)
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.net(x) * 3)  # no scaled forward left behind
