@@ -121,6 +121,9 @@ class CalibrationMonitor(Callback):
     cast to float32; the metrics live on the module's device, keep constant-size state (per-bin
     sums) and synchronise under DDP before they are logged.
 
+    Bad outputs (nan or inf: a diverged model; labels out of range; with ``input="probs"``, rows
+    that do not sum to one) raise a ``ValueError`` naming the stage, the dataloader and the problem.
+
     Several validation (or test) dataloaders: each gets its own metrics, logged as
     ``{stage}/cal/{name}/dataloader_idx_{i}`` (Lightning's naming for the module's own metrics),
     and its own reliability diagram; with one dataloader the names carry no suffix.
@@ -251,8 +254,11 @@ class CalibrationMonitor(Callback):
         if metrics is None:
             num_classes = 2 if logits.dim() == 1 else logits.shape[-1]
             metrics = self._create(stage, dataloader_idx, num_classes, logits.device)
-        for metric in metrics.values():
-            metric.update(logits, labels)
+        try:
+            for metric in metrics.values():
+                metric.update(logits, labels)
+        except ValueError as err:  # non-finite outputs, labels out of range, probabilities that do not sum to one
+            raise ValueError(f"CalibrationMonitor ({stage}, dataloader {dataloader_idx}): {err}") from err
 
     def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(stage, trainer):

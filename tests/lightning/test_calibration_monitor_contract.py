@@ -126,3 +126,14 @@ def test_presets_build_their_callback_with_every_listed_argument(preset):
         attribute = {"metrics": "metric_names"}.get(key, key)
         got = getattr(callback, attribute)
         assert (list(got) if isinstance(got, tuple) else got) == value, key
+
+
+def test_non_finite_outputs_are_a_clear_error_naming_the_loader(tmp_path):
+    class Diverged(Tiny):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    trainer = _trainer(tmp_path, CalibrationMonitor(metrics=["ece"], plot=False))
+    loaders = [DataLoader(TensorDataset(*_tensors(seed)), batch_size=32) for seed in (1, 2)]
+    with pytest.raises(ValueError, match=r"CalibrationMonitor \(validate, dataloader 0\): preds hold non-finite"):
+        trainer.validate(Diverged(), loaders, verbose=False)
