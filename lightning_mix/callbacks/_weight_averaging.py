@@ -17,10 +17,14 @@ Modelled on Lightning's ``WeightAveraging`` (a subclass says *when* with :meth:`
   ``fit(ckpt_path=...)`` restores both; ``validate``/``test``/``predict(ckpt_path=...)`` and
   ``load_from_checkpoint`` use ``state_dict`` as saved, i.e. what the end of that fit used;
 - **DDP**: parameters are identical on every rank, BatchNorm-like buffers are not (each rank updates
-  its own between DDP's broadcasts), so each rank's average of the buffers differs. The module gets
-  their mean over ranks whenever the average is swapped in or written to ``state_dict``; the
-  checkpoint also stores every rank's own buffers, so a resumed DDP run continues each rank's
-  average exactly (bitwise the same as an uninterrupted run, as single-process resume is);
+  its own between DDP's broadcasts), so each rank's average of the buffers differs. DDP takes rank
+  0's buffers as the module's (``broadcast_buffers``; Lightning saves rank 0's), so rank 0's
+  average is the average: every rank gets it whenever the average is swapped in, written to a
+  checkpoint or made final. Rank 0's own run does not depend on the other ranks' buffers, so a
+  resumed DDP run ends bitwise as an uninterrupted one (as single-process resume does). (The other
+  ranks' buffers do not survive a resume: DDP broadcasts rank 0's at the first forward after it,
+  where an uninterrupted run after validation does not, so an average over ranks cannot resume
+  exactly.);
 - **weights-only checkpoints**: Lightning does not call callbacks when ``save_weights_only=True``,
   so such files hold the module's trained weights and no average; setup warns about it.
 """
@@ -109,24 +113,13 @@ class _AveragedWeights:
             if not isinstance(live, torch.nn.Parameter) and avg.is_floating_point()
         ]
 
-    def local_buffers(self) -> Tensor:
-        """This rank's averaged floating buffers, flattened (float32; empty without buffers)."""
-        assert self.average is not None
-        parts = [self.average[i].reshape(-1).float() for i in self.buffer_positions()]
-        return torch.cat(parts) if parts else torch.zeros(0)
-
-    def set_buffers(self, flat: Tensor) -> None:
-        """Overwrite the averaged floating buffers with ``flat`` (as :meth:`local_buffers` gives them)."""
-        assert self.average is not None
-        positions = self.buffer_positions()
-        sizes = [self.average[i].numel() for i in positions]
-        for i, value in zip(positions, flat.split(sizes)):
-            self.average[i].copy_(value.view_as(self.average[i]))
-
     def synced_average(self) -> list[Tensor]:
-        """The average with its floating buffers replaced by their mean over DDP ranks (a collective: all
-        ranks call it). Parameters are the same tensors (identical on every rank); without a process
-        group this is the average itself."""
+        """The average with its floating buffers replaced by rank 0's (a collective: all ranks call it).
+
+        Parameters are the same tensors (identical on every rank under DDP). Buffers are not: DDP
+        treats rank 0's as the module's (``broadcast_buffers``; checkpoints hold rank 0's), so the
+        average of rank 0's buffers is the one that matches the module, and the one a resumed run
+        continues exactly. Without a process group this is the average itself."""
         assert self.average is not None
         if _distributed_world() < 2:
             return self.average
@@ -136,17 +129,17 @@ class _AveragedWeights:
         dist = torch.distributed
         device = self.entries[0][1].device  # the module's device: where the backend can reduce
         chosen = [self.average[i] for i in positions]
-        flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in chosen])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
+        flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.float32) for t in chosen])
+        dist.broadcast(flat, src=0)
         out = list(self.average)
         for i, value in zip(positions, flat.split([t.numel() for t in chosen])):
             out[i] = value.view_as(self.average[i]).to(device=self.average[i].device, dtype=self.average[i].dtype)
         return out
 
-    def swap_in(self) -> None:
-        """Put the (rank-mean) average into the module, keeping the trained weights (lossless for any dtype)."""
-        synced = self.synced_average()
+    def swap_in(self, tensors: list[Tensor] | None = None) -> None:
+        """Put ``tensors`` (default: :meth:`synced_average`) into the module, keeping the trained weights
+        (lossless for any dtype)."""
+        synced = self.synced_average() if tensors is None else tensors
         live = self.live
         if self.backup is None:
             self.backup = [tensor.detach().clone() for tensor in live]
@@ -181,10 +174,8 @@ class _WeightAveraging(Callback, WeightOwner):
         self._last_epoch = -1  # last epoch whose end was handled
         self._validation_swapped = False
         self._loaded_average: dict[str, Any] | None = None
-        self._loaded_rank_buffers: Tensor | None = None
+        self._final: list[Tensor] | None = None  # the weights the end of fit produced (rank 0's, subclass changes)
         self._checkpoint_state_dict: dict[str, Any] | None = None
-        self._rank = 0
-        self._world_size = 1
 
     # ------------------------------------------------------------------ what subclasses give
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
@@ -205,7 +196,7 @@ class _WeightAveraging(Callback, WeightOwner):
         return False
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """End-of-fit work after the average is final (the owner: with it in the module)."""
+        """End-of-fit work on ``self._final`` (the owner: with it in the module); never on the running average."""
 
     # ------------------------------------------------------------------ public read-only state
     @property
@@ -217,15 +208,20 @@ class _WeightAveraging(Callback, WeightOwner):
     def averaged_tensors(self) -> list[Tensor] | None:
         """The float32 averaged tensors (module ``state_dict`` order, tied tensors once), or None before the start.
 
-        Under DDP, during fit, each rank's averaged buffers are its own; after fit they are the rank mean.
+        Under DDP, during fit, each rank's averaged buffers are its own; after fit they are rank 0's.
         """
         return self._weights.average
 
     def averaged_state_dict(self) -> dict[str, Tensor]:
-        """The average as a state dict of the module (empty before the average started)."""
-        if self._weights.average is None:
+        """The average as a state dict of the module (empty before the average started).
+
+        After fit: the final averaged weights (rank 0's buffers under DDP, with what the subclass did at
+        the end, e.g. SWA's recalibrated BatchNorm statistics), whether or not this callback owns the module's.
+        """
+        tensors = self._final if self._final is not None else self._weights.average
+        if tensors is None:
             return {}
-        return self._weights.state_dict_of(self._weights.average, {})
+        return self._weights.state_dict_of(tensors, {})
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -242,9 +238,8 @@ class _WeightAveraging(Callback, WeightOwner):
         self._last_epoch = -1
         self._validation_swapped = False
         self._loaded_average = None
-        self._loaded_rank_buffers = None
         self._checkpoint_state_dict = None
-        self._rank, self._world_size = trainer.global_rank, trainer.world_size
+        self._final = None
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.checkpoint_callbacks):
             evaluated = (
                 "validation during fit uses the average, but validate/test(ckpt_path=...) of those files will "
@@ -263,14 +258,11 @@ class _WeightAveraging(Callback, WeightOwner):
         weights = self._weights
         weights.bind(pl_module)
         if self._loaded_average is not None:
+            # every rank loads the file rank 0 wrote: rank 0's average, the one the module and checkpoints use
             weights.load_average(self._loaded_average, self.device)
-            rows = self._loaded_rank_buffers
-            if rows is not None and tuple(rows.shape) == (trainer.world_size, weights.local_buffers().numel()):
-                weights.set_buffers(rows[trainer.global_rank])  # this rank's own buffers: exact DDP resume
             self._loaded_average = None
         elif weights.average is None and trainer.global_step == 0 and self._copies_at_fit_start(trainer):
             weights.start(self.device)
-        self._loaded_rank_buffers = None
         self._checkpoint_state_dict = None
 
     # ------------------------------------------------------------------ updates
@@ -334,10 +326,14 @@ class _WeightAveraging(Callback, WeightOwner):
         if weights.average is None or self._num_updates == 0:
             rank_zero_warn(self._never_updated_message(trainer))
             return
-        # no more updates: every rank keeps the rank mean from here on (a collective on every rank)
-        weights.average = weights.synced_average()
+        # the final weights: rank 0's buffers (a collective on every rank); the running average itself stays
+        # as it is, so that a fit resumed from a checkpoint saved now continues it exactly
+        self._final = [
+            t if t is avg and isinstance(live, torch.nn.Parameter) else t.clone()
+            for t, avg, (_, live) in zip(weights.synced_average(), weights.average, weights.entries)
+        ]
         if self._owner and not weights.in_module:
-            weights.swap_in()
+            weights.swap_in(self._final)
         self._finish(trainer, pl_module)
 
     # ------------------------------------------------------------------ checkpoints
@@ -345,7 +341,7 @@ class _WeightAveraging(Callback, WeightOwner):
         """Whether ``checkpoint["state_dict"]`` gets this callback's average (else the callback state holds it)."""
         if not self._owner or self._weights.average is None or not self._weights.entries:
             return False
-        if self._weights.in_module and not self._validation_swapped:
+        if self._final is not None and self._weights.in_module:
             return True  # after fit: the module holds the final weights
         return self._evaluates_average() and self._num_updates > 0
 
@@ -365,7 +361,6 @@ class _WeightAveraging(Callback, WeightOwner):
             self._loaded_average = self._checkpoint_state_dict
         else:
             self._loaded_average = None  # the checkpoint's fit had not started an average
-        self._loaded_rank_buffers = state_dict.get("rank_buffers")
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -375,21 +370,20 @@ class _WeightAveraging(Callback, WeightOwner):
             return
         # every rank runs this (trainer.save_checkpoint is called on all ranks), so collectives are safe
         state = checkpoint.setdefault("callbacks", {}).setdefault(self.state_key, self._counters())
-        if trainer.world_size > 1 and weights.buffer_positions():
-            state["rank_buffers"] = trainer.strategy.all_gather(weights.local_buffers().to(pl_module.device)).cpu()
         if self._average_in_state_dict():
             module_state = checkpoint["state_dict"]
-            after_fit = weights.in_module and not self._validation_swapped  # the module holds the final weights
+            after_fit = self._final is not None  # the module holds the final weights, the backup the trained ones
             raw = weights.backup if after_fit else weights.live
-            assert raw is not None
+            evaluated = self._final if after_fit else weights.synced_average()
+            assert raw is not None and evaluated is not None
             checkpoint["current_model_state"] = weights.state_dict_of(raw, module_state)
-            # the float32 average (after fit it already holds what _finish changed, e.g. recalibrated BatchNorm)
-            checkpoint["state_dict"] = weights.state_dict_of(weights.synced_average(), module_state)
+            checkpoint["state_dict"] = weights.state_dict_of(evaluated, module_state)
             # what Lightning's WeightAveraging/AveragedModel expects next to them
             checkpoint["averaging_state"] = {"n_averaged": torch.tensor(self._num_updates, dtype=torch.long)}
             state["average_in_state_dict"] = True
         else:
-            state["average"] = self.averaged_state_dict()
+            # the running average (rank 0 writes the file: its buffers, which synced_average gives everywhere)
+            state["average"] = weights.state_dict_of(weights.average, {})
             state["average_in_state_dict"] = False
 
     def on_load_checkpoint(

@@ -204,18 +204,18 @@ class SWA(_WeightAveraging):
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.recalibrate_bn or not batchnorm_layers(pl_module):
             return
-        weights = self._weights
-        side = not weights.in_module  # not the owner: recalibrate the average in the module, then put the weights back
+        weights, final = self._weights, self._final
+        assert final is not None
+        side = not weights.in_module  # not the owner: recalibrate in the module, then put its weights back
         if side:
-            weights.swap_in()
+            weights.swap_in(final)
         try:
             self._recalibrate(trainer, pl_module)
-            # the average keeps the recalibrated statistics (and integer buffers)
-            assert weights.average is not None
+            # the final weights take the recalibrated statistics (the running average keeps its own for resume)
             with torch.no_grad():
                 for i, (_, live) in enumerate(weights.entries):
                     if not isinstance(live, nn.Parameter):
-                        weights.average[i].copy_(live)
+                        final[i].copy_(live)
         finally:
             if side:
                 weights.swap_out()
