@@ -127,7 +127,7 @@ def test_no_swap_before_first_update_then_ema(tmp_path):
 
 def test_evaluate_both_was_removed_with_a_pointer_to_the_public_way():
     # it replaced the module's validation_step and log (issue 10: public hooks only)
-    with pytest.raises(ValueError, match=r"evaluate='both' was removed.*trainer.validate"):
+    with pytest.raises(ValueError, match=r"evaluate='both'\) was removed.*trainer\.validate"):
         EMA(evaluate="both")  # type: ignore[arg-type]
 
 
