@@ -372,9 +372,10 @@ class _WeightAveraging(Callback, WeightOwner):
         state = checkpoint.setdefault("callbacks", {}).setdefault(self.state_key, self._counters())
         if self._average_in_state_dict():
             module_state = checkpoint["state_dict"]
-            after_fit = self._final is not None  # the module holds the final weights, the backup the trained ones
-            raw = weights.backup if after_fit else weights.live
-            evaluated = self._final if after_fit else weights.synced_average()
+            # while the module holds an average (after fit, or a save from inside validation) the backup holds
+            # the trained weights
+            raw = weights.backup if weights.in_module else weights.live
+            evaluated = self._final if self._final is not None else weights.synced_average()
             assert raw is not None and evaluated is not None
             checkpoint["current_model_state"] = weights.state_dict_of(raw, module_state)
             checkpoint["state_dict"] = weights.state_dict_of(evaluated, module_state)
