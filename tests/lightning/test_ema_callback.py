@@ -318,3 +318,19 @@ def test_checkpoints_interchange_with_lightning_weight_averaging(tmp_path):
         if value.is_floating_point():
             assert torch.equal(seen["ema"][name], value.float()), name
             assert torch.equal(seen["raw"][name], saved["current_model_state"][name].float()), name
+
+
+def test_resume_of_an_ema_kept_on_the_side_is_exact(tmp_path):
+    # owns_final_weights=False: the EMA lives in the callback state, state_dict keeps the trained weights
+    straight_model, straight_cb, resumed_model, resumed_cb = _resume_case(
+        tmp_path, lambda: EMA(decay=0.7, owns_final_weights=False), 1, 2
+    )
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert "current_model_state" not in saved and saved["callbacks"]["EMA"]["average"]
+    assert straight_cb.num_updates == resumed_cb.num_updates == 8
+    a, b = straight_cb.averaged_state_dict(), resumed_cb.averaged_state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for name, value in float_state(straight_model).items():  # the module kept its trained weights
+        assert torch.equal(value, float_state(resumed_model)[name])
+        assert not name.endswith("weight") or not torch.equal(value, a[name].float())
