@@ -206,9 +206,10 @@ class _WeightAveraging(Callback, WeightOwner):
 
     @property
     def averaged_tensors(self) -> list[Tensor] | None:
-        """The float32 averaged tensors (module ``state_dict`` order, tied tensors once), or None before the start.
+        """The float32 running average (module ``state_dict`` order, tied tensors once), or None before the start.
 
-        Under DDP, during fit, each rank's averaged buffers are its own; after fit they are rank 0's.
+        Under DDP each rank's averaged buffers are its own (rank 0's are the ones the module and checkpoints
+        get); :meth:`averaged_state_dict` gives the final weights after fit.
         """
         return self._weights.average
 
