@@ -48,7 +48,7 @@ def bench_update(rounds: int, decay: float = 0.999) -> dict[str, float]:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from lightning_mix.averaging import averaging_copy, averaging_tensors, ema_update_
-    from lightning_mix.callbacks.ema import _AveragedWeights
+    from lightning_mix.callbacks._weight_averaging import _AveragedWeights
 
     class Wrapped(pl.LightningModule):
         def __init__(self) -> None:

@@ -60,8 +60,9 @@ def run(noise: float, seed: int, epochs: int, width: int, workdir: str) -> dict[
     pl.seed_everything(seed, verbose=False)
     data = MNIST5kDataModule(batch_size=128, label_noise=noise, seed=0)
     model = SmallCNN(width=width)
-    ema = EMA(decay=0.999, warmup=True, evaluate="raw")
-    swa = SWA(start_epoch=0.5, recalibrate_bn=False)  # recalibrated below, once
+    # all three are measured from their own averages: none of them puts its weights in the module
+    ema = EMA(decay=0.999, warmup=True, evaluate="raw", owns_final_weights=False)
+    swa = SWA(start_epoch=0.5, recalibrate_bn=False, owns_final_weights=False)  # recalibrated below, once
     soup = ModelSoup(
         start_epoch=2, storage="memory", dirpath=f"{workdir}/soups-{noise}-{seed}", keep="last", bn_samples=1280
     )

@@ -9,40 +9,40 @@ statistics across DDP ranks, and resumes exactly.
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from itertools import islice
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_mix.averaging.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from lightning_mix.averaging.ema import running_mean_update_
-from lightning_mix.callbacks._trainer_state import check_not_sharded, is_last_training_batch
-from lightning_mix.callbacks.ema import _AveragedWeights
+from lightning_mix.callbacks._batch_feed import _feed_module, _resolve_input_key, _transferred_batches
+from lightning_mix.callbacks._weight_averaging import _WeightAveraging
 
 __all__ = ["SWA"]
 
 
-class SWA(Callback):
-    r"""Average the weights at the end of each epoch from ``start_epoch`` on; use the average after fit.
+class SWA(_WeightAveraging):
+    r"""Average the weights at the end of each epoch from ``start_epoch`` on; end the fit with the average.
 
     After the last training batch of every epoch ``e >= start_epoch`` (before the epoch-end
-    validation and checkpoint) the weights (parameters and floating
-    buffers) join an equal-weight running mean held in float32 (integer buffers copied). At the end
-    of fit the average is loaded into the module and, with ``recalibrate_bn``, the BatchNorm
-    running statistics are recomputed with one pass over the training data (the batches the fit
-    used, ``limit_train_batches`` included) with
-    :func:`~lightning_mix.averaging.recalibrate_batchnorm`: exact per-channel mean and variance,
-    pooled across DDP ranks. Each batch goes through the module's own transfer
-    (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``) and
-    the precision plugin's forward context, then ``bn_forward(module, batch)`` feeds it; by default
-    ``module(batch[input_key])`` (``input_key=None``: ``module(batch)``). Models without BatchNorm
-    skip the pass. Validation during fit uses the raw weights (the average's BatchNorm statistics
-    are only right after recalibration).
+    validation and checkpoint) the weights (parameters and floating buffers) join an equal-weight
+    running mean held in float32 (integer buffers copied). At the end of fit, with
+    ``recalibrate_bn`` and BatchNorm layers in the model, the average's BatchNorm running statistics
+    are recomputed with one pass over the training data (the batches the fit used,
+    ``limit_train_batches`` included) with :func:`~lightning_mix.averaging.recalibrate_batchnorm`:
+    exact per-channel mean and variance, pooled across DDP ranks. Each batch goes through the
+    module's own transfer hooks and the precision plugin (:mod:`~lightning_mix.callbacks._batch_feed`),
+    then ``module(input)`` feeds it, ``input`` picked by ``input_key`` (default: found from the
+    batch and ``forward``'s signature), or ``bn_forward(module, batch)`` does. Validation during fit
+    uses the trained weights (the average's BatchNorm statistics are only right after the pass).
+
+    End of fit: the owner of the final weights (``owns_final_weights``, see
+    :mod:`~lightning_mix.callbacks._ownership`) loads the recalibrated average into the module in
+    ``on_train_end``. With ``owns_final_weights=False`` the module keeps its weights and the
+    (recalibrated) average is available through :meth:`averaged_state_dict`.
 
     Learning rate: untouched unless ``annealing`` (the SWA learning rate) is given. Then from
     ``start_epoch`` on, before every training batch, each param group's learning rate is set to a
@@ -50,14 +50,16 @@ class SWA(Callback):
     ``annealing_epochs`` epochs (0: at once) and held. The user's scheduler keeps stepping, but its
     value is overwritten, as in the SWA paper's constant learning rate phase.
 
-    Checkpoints: the average, its count and the annealing state live in the callback state, so
-    ``fit(ckpt_path=...)`` continues the same average. A checkpoint saved after fit has the SWA
-    model in ``state_dict`` and the trained weights in ``current_model_state`` (Lightning's
-    ``WeightAveraging`` layout), so ``load_from_checkpoint`` gives the SWA model.
+    Checkpoints: during fit ``state_dict`` holds the trained weights (what validation uses) and the
+    average, its count and the annealing state live in the callback state, so
+    ``fit(ckpt_path=...)`` continues the same average exactly (also under DDP: every rank's own
+    BatchNorm averages are saved). A checkpoint saved after fit by the owner has the SWA model in
+    ``state_dict`` and the trained weights in ``current_model_state`` (Lightning's
+    ``WeightAveraging`` layout), so ``load_from_checkpoint`` and ``test(ckpt_path=...)`` use it.
 
-    DDP: ranks hold identical weights, so their averages agree; the BatchNorm pass runs on every
-    rank's shard of the data and the statistics are pooled. Sharded strategies (FSDP, DeepSpeed,
-    ModelParallel) are not supported and raise at setup.
+    Misconfiguration is caught before the first optimizer step: ``start_epoch`` as a fraction without
+    ``max_epochs`` at setup; several training dataloaders at ``on_train_start``; a batch whose model
+    input cannot be found at the first training batch.
 
     Args:
         start_epoch: first epoch (0-based) whose end-of-epoch weights are averaged; a float in
@@ -66,10 +68,15 @@ class SWA(Callback):
         annealing_epochs: epochs of the cosine ramp towards ``annealing``.
         recalibrate_bn: recompute BatchNorm statistics of the average at the end of fit.
         device: where the average lives (``"cpu"`` keeps it off the accelerator); default: with the model.
-        input_key: which element of a batch is the model input in the recalibration pass
-            (index of a list/tuple batch, key of a dict batch; ``None``: the whole batch).
+        input_key: which element of a batch is the model input in the BatchNorm pass (index of a
+            list/tuple batch, key of a dict batch). ``None`` (default): a tensor batch itself,
+            element 0 of a list/tuple, the one tensor entry of a dict whose key names a parameter of
+            ``forward``.
         bn_forward: ``bn_forward(module, batch)`` replaces the default feed entirely (Python use;
             from YAML give an import path of a function).
+        owns_final_weights: ``True``: put the average in the module at the end of fit; ``False``:
+            never; ``None``: yes unless another weight owner (``EMA``, ``ModelSoup``) is in the
+            Trainer, in which case setup raises and asks.
 
     Example::
 
@@ -89,10 +96,10 @@ class SWA(Callback):
         annealing_epochs: int = 1,
         recalibrate_bn: bool = True,
         device: str | None = None,
-        input_key: int | str | None = 0,
+        input_key: int | str | None = None,
         bn_forward: Callable[[nn.Module, Any], Any] | None = None,
+        owns_final_weights: bool | None = None,
     ) -> None:
-        super().__init__()
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, float)):
             raise TypeError(
                 f"start_epoch must be an int (epoch) or a float fraction of max_epochs, got {start_epoch!r}."
@@ -108,32 +115,24 @@ class SWA(Callback):
             raise ValueError(f"annealing (the SWA learning rate) must be >= 0, got {annealing}.")
         if annealing_epochs < 0:
             raise ValueError(f"annealing_epochs must be >= 0, got {annealing_epochs}.")
+        super().__init__(device=device, owns_final_weights=owns_final_weights)
         self.start_epoch = start_epoch
         self.annealing = annealing
         self.annealing_epochs = annealing_epochs
         self.recalibrate_bn = recalibrate_bn
-        self.device = torch.device(device) if device is not None else None
         self.input_key = input_key
         self.bn_forward = bn_forward
 
-        self._weights = _AveragedWeights()
-        self._num_averaged = 0
-        self._last_epoch = -1
         self._start_lrs: list[list[float]] | None = None
-        self._loaded_average: dict[str, Any] | None = None
         self._first_epoch: int | None = None
+        self._resolved_key: int | str | None = None
+        self._needs_feed = False  # the BatchNorm pass will use the default feed: check it on the first batch
 
     # ------------------------------------------------------------------ public read-only state
     @property
     def num_averaged(self) -> int:
         """How many epoch-end snapshots the average holds."""
-        return self._num_averaged
-
-    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The running average as a state dict of the module (empty before the first snapshot)."""
-        if self._weights.average is None:
-            return {}
-        return self._weights.state_dict_of(self._weights.average, {})
+        return self._num_updates
 
     def first_epoch(self, trainer: pl.Trainer) -> int:
         """The 0-based epoch from which snapshots are averaged, for this trainer."""
@@ -147,34 +146,39 @@ class SWA(Callback):
             return int(self.start_epoch * max_epochs)
         return int(self.start_epoch)
 
+    # ------------------------------------------------------------------ schedule and rule
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return epoch_idx is not None and self._first_epoch is not None and epoch_idx >= self._first_epoch
+
+    def _average_into(self, average: list[Tensor], live: list[Tensor], step_idx: int | None) -> None:
+        running_mean_update_(average, live, self._num_updates)
+
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage == "fit":
-            check_not_sharded(trainer, "SWA")
             self._first_epoch = self.first_epoch(trainer)
-            # every fit starts a new average (a checkpoint restored next brings the old one back)
-            self._weights.reset(pl_module)
-            self._num_averaged = 0
-            self._last_epoch = -1
             self._start_lrs = None
-            self._loaded_average = None
+            self._resolved_key = self.input_key
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._weights.bind(pl_module)
-        if self._loaded_average is not None:
-            self._weights.load_average(self._loaded_average, self.device)
-            self._loaded_average = None
-
-    def _swa_lr(self, start_lr: float, epoch: int) -> float:
-        assert self.annealing is not None and self._first_epoch is not None
-        if self.annealing_epochs == 0:
-            return self.annealing
-        alpha = min(1.0, (epoch - self._first_epoch + 1) / self.annealing_epochs)
-        return self.annealing + (start_lr - self.annealing) * 0.5 * (1.0 + math.cos(math.pi * alpha))
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._needs_feed = False
+        if not self.recalibrate_bn or not batchnorm_layers(pl_module):
+            return
+        loader = trainer.train_dataloader
+        if isinstance(loader, (Mapping, list, tuple)):
+            raise TypeError(
+                "SWA's BatchNorm pass supports a single training dataloader; with several, set recalibrate_bn=False "
+                "and call lightning_mix.averaging.recalibrate_batchnorm yourself."
+            )
+        self._needs_feed = self.bn_forward is None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self._needs_feed:  # the first batch, before any optimizer step: can the pass find the input?
+            self._resolved_key = _resolve_input_key(batch, pl_module.forward, self.input_key, "SWA")
+            self._needs_feed = False
         if self.annealing is None or self._first_epoch is None or trainer.current_epoch < self._first_epoch:
             return
         if self._start_lrs is None:
@@ -183,110 +187,65 @@ class SWA(Callback):
             for group, lr0 in zip(opt.param_groups, lrs):
                 group["lr"] = self._swa_lr(lr0, trainer.current_epoch)
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        # The snapshot is taken after the epoch's last optimizer step, before the epoch-end validation,
-        # so a checkpoint saved there (ModelCheckpoint's default) already contains it.
-        if is_last_training_batch(trainer, batch_idx):
-            self._snapshot(trainer)
+    def _swa_lr(self, start_lr: float, epoch: int) -> float:
+        assert self.annealing is not None and self._first_epoch is not None
+        if self.annealing_epochs == 0:
+            return self.annealing
+        alpha = min(1.0, (epoch - self._first_epoch + 1) / self.annealing_epochs)
+        return self.annealing + (start_lr - self.annealing) * 0.5 * (1.0 + math.cos(math.pi * alpha))
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._snapshot(trainer)  # epochs cut short (max_steps, a stop signal)
-
-    def _snapshot(self, trainer: pl.Trainer) -> None:
-        epoch = trainer.current_epoch
-        if self._first_epoch is None or epoch < self._first_epoch or epoch <= self._last_epoch:
-            return
-        weights = self._weights
-        if weights.average is None:
-            weights.start(self.device)
-        else:
-            running_mean_update_(weights.average, weights.live, self._num_averaged)
-        self._num_averaged += 1
-        self._last_epoch = epoch
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._weights.average is None or self._num_averaged == 0:
-            warnings.warn(
-                f"SWA averaged no snapshot (start_epoch={self.start_epoch} resolved to epoch {self._first_epoch}, "
-                f"training stopped after epoch {trainer.current_epoch}); the module keeps its trained weights.",
-                stacklevel=2,
-            )
-            return
-        if not self._weights.swapped:
-            self._weights.swap_in()
-        if self.recalibrate_bn and batchnorm_layers(pl_module):
-            self._recalibrate(trainer, pl_module)
+    def _never_updated_message(self, trainer: pl.Trainer) -> str:
+        return (
+            f"SWA averaged no snapshot (start_epoch={self.start_epoch} resolved to epoch {self._first_epoch}, "
+            f"training stopped after epoch {trainer.current_epoch}); the module keeps its trained weights."
+        )
 
     # ------------------------------------------------------------------ BatchNorm pass
-    def _feed(self, module: nn.Module, batch: Any) -> Any:
-        if self.bn_forward is not None:
-            return self.bn_forward(module, batch)
-        if self.input_key is None:
-            return module(batch)
-        if isinstance(batch, Mapping) or isinstance(batch, (list, tuple)):
-            try:
-                inputs = batch[self.input_key]  # type: ignore[index]
-            except (KeyError, IndexError, TypeError) as err:
-                raise TypeError(
-                    f"SWA cannot pick input_key={self.input_key!r} from a batch of type {type(batch).__name__}; "
-                    "set SWA(input_key=...) to the index/key of the model input, input_key=None to pass the whole "
-                    "batch, or bn_forward=callable(module, batch)."
-                ) from err
-            return module(inputs)
-        return module(batch)
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.recalibrate_bn or not batchnorm_layers(pl_module):
+            return
+        weights, final = self._weights, self._final
+        assert final is not None
+        side = not weights.in_module  # not the owner: recalibrate in the module, then put its weights back
+        if side:
+            weights.swap_in(final)
+        try:
+            self._recalibrate(trainer, pl_module)
+            # the final weights take the recalibrated statistics (the running average keeps its own for resume)
+            with torch.no_grad():
+                for i, (_, live) in enumerate(weights.entries):
+                    if not isinstance(live, nn.Parameter):
+                        final[i].copy_(live)
+        finally:
+            if side:
+                weights.swap_out()
 
-    def _batches(self, trainer: pl.Trainer) -> Iterator[Any]:
+    def _recalibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
         if loader is None:
             raise RuntimeError("SWA found no training dataloader for the BatchNorm pass; set recalibrate_bn=False.")
-        if isinstance(loader, (Mapping, list, tuple)):
-            raise TypeError(
-                "SWA's BatchNorm pass supports a single training dataloader; with several, set recalibrate_bn=False "
-                "and call lightning_mix.averaging.recalibrate_batchnorm yourself."
-            )
-        limit = trainer.num_training_batches
-        batches = iter(loader)
-        if isinstance(limit, int):
-            batches = islice(batches, limit)
-        pl_module = trainer.lightning_module
-        for batch in batches:
-            batch = trainer.precision_plugin.convert_input(batch)
-            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
-            yield trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+        batches = _transferred_batches(trainer, pl_module, loader, trainer.num_training_batches)
+        bn_forward = self.bn_forward
+        if bn_forward is not None:
 
-    def _recalibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        def forward(module: nn.Module, batch: Any) -> Any:
-            with trainer.precision_plugin.forward_context():
-                return self._feed(module, batch)
+            def forward(module: nn.Module, batch: Any) -> Any:
+                with trainer.precision_plugin.forward_context():
+                    return bn_forward(module, batch)
 
-        recalibrate_batchnorm(pl_module, self._batches(trainer), forward=forward)
+        else:
+            key = self._resolved_key
+
+            def forward(module: nn.Module, batch: Any) -> Any:
+                return _feed_module(trainer, module, batch, key)
+
+        recalibrate_batchnorm(pl_module, batches, forward=forward)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "num_averaged": self._num_averaged,
-            "last_epoch": self._last_epoch,
-            "start_lrs": self._start_lrs,
-            "average": self.averaged_state_dict() or None,
-        }
+    def _counters(self) -> dict[str, Any]:
+        return {**super()._counters(), "start_lrs": self._start_lrs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._num_averaged = int(state_dict["num_averaged"])
-        self._last_epoch = int(state_dict["last_epoch"])
+        if "num_averaged" in state_dict and "num_updates" not in state_dict:  # checkpoints of earlier versions
+            state_dict = {**state_dict, "num_updates": state_dict["num_averaged"]}
+        super().load_state_dict(state_dict)
         self._start_lrs = state_dict.get("start_lrs")
-        self._loaded_average = state_dict.get("average")
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        weights = self._weights
-        if weights.swapped and weights.backup is not None:  # after fit: the module holds the SWA model
-            checkpoint["current_model_state"] = weights.state_dict_of(weights.backup, checkpoint["state_dict"])
-
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        if "current_model_state" in checkpoint:
-            pl_module.load_state_dict(checkpoint["current_model_state"], strict=pl_module.strict_loading)

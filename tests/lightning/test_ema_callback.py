@@ -125,21 +125,25 @@ def test_no_swap_before_first_update_then_ema(tmp_path):
     assert ema.num_updates == 3  # steps 6 (copy), 7, 8
 
 
-def test_evaluate_both_logs_raw_and_ema(tmp_path):
+def test_evaluate_both_was_removed_with_a_pointer_to_the_public_way():
+    # it replaced the module's validation_step and log (issue 10: public hooks only)
+    with pytest.raises(ValueError, match=r"evaluate='both'\) was removed.*trainer\.validate"):
+        EMA(evaluate="both")  # type: ignore[arg-type]
+
+
+def test_validation_swaps_only_through_public_hooks(tmp_path):
     seed_everything(0)
     model = TinyBN()
-    ema = EMA(decay=0.7, evaluate="both")
+    ema = EMA(decay=0.7)
     trainer = _trainer(tmp_path, [ema], max_epochs=1)
     trainer.fit(model)
-    metrics = trainer.callback_metrics
-    assert {"val/loss", "val_ema/loss", "val_loss", "val_loss_ema"} <= set(metrics)
-    # module now holds the EMA weights: its validation loss is the logged val_ema/loss
+    # the module's methods were never replaced
+    assert "validation_step" not in vars(model) and "log" not in vars(model) and "forward" not in vars(model)
+    # the module holds the EMA after fit, so the logged validation loss is that of the EMA weights
     model.eval()
     with torch.no_grad():
         ema_loss = torch.nn.functional.cross_entropy(model(model.val_x), model.val_y)
-    assert torch.allclose(metrics["val_ema/loss"], ema_loss, atol=1e-5)
-    assert not torch.allclose(metrics["val/loss"], metrics["val_ema/loss"])
-    assert "validation_step" not in vars(model) and "log" not in vars(model)
+    assert torch.allclose(trainer.callback_metrics["val/loss"], ema_loss, atol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
@@ -224,6 +228,8 @@ def test_invalid_arguments():
         EMA(decay=1.0)
     with pytest.raises(ValueError, match="evaluate"):
         EMA(evaluate="best")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="owns_final_weights"):
+        EMA(owns_final_weights="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="update_every_n_steps"):
         EMA(update_every_n_steps=0)
 
@@ -233,7 +239,7 @@ def test_ddp_ranks_end_identical(tmp_path):
 
     r0, r1 = run_ddp_script("ema_ddp.py", tmp_path)
     assert r0["num_updates"] == r1["num_updates"] == r0["global_step"] == 4  # 64 samples / 2 ranks / 16
-    for key in ("module", "ema"):
+    for key in ("module", "ema"):  # after fit every rank has rank 0's averaged buffers
         for name in r0[key]:
             assert torch.equal(r0[key][name], r1[key][name]), (key, name)
     assert len(r0["raw"]) == 8
@@ -241,8 +247,7 @@ def test_ddp_ranks_end_identical(tmp_path):
         assert torch.equal(r0["raw"][name], r1["raw"][name]), name
     for name, value in r0["module"].items():
         assert torch.equal(value, r0["ema"][name].float())  # the module holds the EMA after fit
-    assert r0["metrics"]["val_ema/loss"] == r1["metrics"]["val_ema/loss"]
-    assert r0["metrics"]["val/loss"] != r0["metrics"]["val_ema/loss"]
+    assert r0["metrics"]["val/loss"] == r1["metrics"]["val/loss"]  # validated with the same (EMA) weights
 
 
 def test_sharded_strategies_raise_a_clear_error():
@@ -313,3 +318,19 @@ def test_checkpoints_interchange_with_lightning_weight_averaging(tmp_path):
         if value.is_floating_point():
             assert torch.equal(seen["ema"][name], value.float()), name
             assert torch.equal(seen["raw"][name], saved["current_model_state"][name].float()), name
+
+
+def test_resume_of_an_ema_kept_on_the_side_is_exact(tmp_path):
+    # owns_final_weights=False: the EMA lives in the callback state, state_dict keeps the trained weights
+    straight_model, straight_cb, resumed_model, resumed_cb = _resume_case(
+        tmp_path, lambda: EMA(decay=0.7, owns_final_weights=False), 1, 2
+    )
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert "current_model_state" not in saved and saved["callbacks"]["EMA"]["average"]
+    assert straight_cb.num_updates == resumed_cb.num_updates == 8
+    a, b = straight_cb.averaged_state_dict(), resumed_cb.averaged_state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for name, value in float_state(straight_model).items():  # the module kept its trained weights
+        assert torch.equal(value, float_state(resumed_model)[name])
+        assert not name.endswith("weight") or not torch.equal(value, a[name].float())

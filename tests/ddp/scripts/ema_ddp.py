@@ -14,7 +14,7 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     seed_everything(0)
     model = TinyBN()
-    ema = EMA(decay=0.8, evaluate="both")
+    ema = EMA(decay=0.8)
     trainer = ddp_trainer(
         max_epochs=2,
         num_sanity_val_steps=0,
