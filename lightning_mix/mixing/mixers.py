@@ -111,7 +111,7 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
     pass over the output fewer than gathering whole samples (measured on 2 CPU cores: 10% faster at
     3x224x224, 15% at 3x128x128). 1D, non-contiguous or short-row inputs (rows under 64 elements,
     where a row gather is slower than a sample gather) start from the gathered partners and
-    restore every dim. The per-dim masks are (N, 1, .., S_d, .., 1), so no (B, *spatial) mask is
+    restore every dim. The per-dim masks are (N, 1, .., S_d, .., 1), so no ``(B, *spatial)`` mask is
     ever allocated (on CPU the page faults of such a mask cost more than the blend). Float inputs
     blend with ``lerp_`` by 0/1 weights (exact for finite values), others with ``torch.where``.
     """
