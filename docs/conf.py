@@ -87,7 +87,6 @@ napoleon_use_rtype = False
 napoleon_use_ivar = True  # "Attributes:" of dataclasses as fields, not a second description of each member
 
 
-
 class _EmptyGlobFilter(logging.Filter):
     """Drop "toctree glob pattern ... didn't match any documents" (Sphinx gives it no warning type,
     so ``suppress_warnings`` cannot name it). The toctrees glob the guide and benchmark pages, which
