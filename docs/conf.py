@@ -52,6 +52,7 @@ API_PACKAGES = {
     "evaluation": True,
     "callbacks": False,
     "mixins": False,
+    "modules": True,
     "demos": False,
     "cli": False,
 }
