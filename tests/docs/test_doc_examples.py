@@ -72,8 +72,8 @@ def _pages_with_code() -> list[Path]:
     return [page for page in documentation_pages() if python_blocks(page.read_text(encoding="utf-8"))]
 
 
-class PageTimeout(Exception):
-    pass
+class PageTimeout(BaseException):
+    """Raised by the alarm; a BaseException so that an ``except Exception`` in a block cannot swallow it."""
 
 
 def _run_page(page: Path, budget_s: float, root: Path = ROOT) -> None:
