@@ -84,7 +84,7 @@ def _require_float(inputs: torch.Tensor, name: str) -> None:
 
 
 def _paste(inputs: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``where(keep, x, x[index])`` with a boolean mask ``keep`` (B, 1, *spatial) broadcast over channels.
+    """``where(keep, x, x[index])`` with a boolean mask ``keep`` ``(B, 1, *spatial)`` broadcast over channels.
 
     Floating-point inputs go through ``lerp_`` with a 0/1 weight, which is exact at 0 and 1 and runs
     several times faster than ``torch.where`` on CPU; integer inputs use ``torch.where``.
@@ -106,12 +106,12 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
     ``lo``, ``hi``: (N, n) corners for the n spatial dims, N = B or 1 (one box for the batch).
     For 2D/3D contiguous inputs, one gather of whole rows along the first spatial dim builds the
     output (row ``(i, c, y)`` comes from the partner when ``y`` lies in the box's extent, else from
-    ``i`` itself: an index of B * C * S_0 rows, no per-pixel index); then, one remaining spatial dim
+    ``i`` itself: an index of ``B * C * S_0`` rows, no per-pixel index); then, one remaining spatial dim
     at a time, the sample's own pixels outside the box's extent along that dim are restored: one
     pass over the output fewer than gathering whole samples (measured on 2 CPU cores: 10% faster at
     3x224x224, 15% at 3x128x128). 1D, non-contiguous or short-row inputs (rows under 64 elements,
     where a row gather is slower than a sample gather) start from the gathered partners and
-    restore every dim. The per-dim masks are (N, 1, .., S_d, .., 1), so no (B, *spatial) mask is
+    restore every dim. The per-dim masks are (N, 1, .., S_d, .., 1), so no ``(B, *spatial)`` mask is
     ever allocated (on CPU the page faults of such a mask cost more than the blend). Float inputs
     blend with ``lerp_`` by 0/1 weights (exact for finite values), others with ``torch.where``.
     """
@@ -354,7 +354,7 @@ def box_masks(
         dtype: of the returned mask (bool, or a float dtype for 0/1 weights).
 
     Returns:
-        ``keep`` (N, 1, *spatial), 0/False inside the box (the partner's pixels), and
+        ``keep`` ``(N, 1, *spatial)``, 0/False inside the box (the partner's pixels), and
         ``lam_corrected`` (N,) = 1 - clipped box volume / image volume.
     """
     b, n = lam.shape[0], len(spatial)
@@ -457,7 +457,7 @@ class CutMix(BatchMixer):
 def fourier_maps(
     n: int, spatial: Sequence[int], decay_power: float, generator: torch.Generator | None, device
 ) -> torch.Tensor:
-    """``n`` low-frequency random maps (n, *spatial), float32: a complex Gaussian spectrum scaled
+    """``n`` low-frequency random maps ``(n, *spatial)``, float32: a complex Gaussian spectrum scaled
     by ``1 / f^decay_power`` (f clamped below at ``1 / max(spatial)``), inverse real FFT."""
     dims = len(spatial)
     freqs_sq = torch.zeros((), device=device)
@@ -474,11 +474,11 @@ def fourier_maps(
 
 
 def fmix_masks(maps: torch.Tensor, lam: torch.Tensor, max_soft: float = 0.0) -> torch.Tensor:
-    """Threshold maps (B, *spatial) into masks whose mean is lam: the ``round(lam * N)`` largest
+    """Threshold maps ``(B, *spatial)`` into masks whose mean is lam: the ``round(lam * N)`` largest
     entries of each map get 1, the rest 0; with ``max_soft > 0`` a linear ramp from 1 to 0 over
     ``2 * N * min(max_soft, lam, 1 - lam)`` entries around the threshold (FMix's soft edges).
 
-    Returns a float32 mask (B, *spatial); rank-based, so the binary mean is exactly
+    Returns a float32 mask ``(B, *spatial)``; rank-based, so the binary mean is exactly
     ``round(lam * N) / N`` whatever the ties.
     """
     b = maps.shape[0]
@@ -507,7 +507,7 @@ class FMix(BatchMixer):
 
     The mask is the ``round(lam * N)`` largest pixels of a random map whose spectrum decays as
     ``1 / f^decay_power``, so a binary mask's mean equals lam to within half a pixel; lam is set to
-    the mask's actual mean. 1D/2D/3D inputs (B, C, *spatial); the mask is shared over channels.
+    the mask's actual mean. 1D/2D/3D inputs ``(B, C, *spatial)``; the mask is shared over channels.
 
     Args:
         alpha: Beta concentration (1.0 in the paper).

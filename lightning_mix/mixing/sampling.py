@@ -178,20 +178,22 @@ def make_pairing(
     """The partner index (LongTensor (B,)) of each sample under a pairing rule.
 
     Rules:
-        ``flip``: ``i`` with ``B - 1 - i`` (timm); symmetric; the middle sample of an odd batch is
-            its own partner (it stays unchanged).
-        ``roll``: ``i`` with ``i - 1`` (mod B), as torchvision's ``MixUp``/``CutMix``; never self.
-        ``random``: a random permutation; with ``symmetric=True`` a random perfect matching
-            instead (an odd batch leaves one sample paired with itself).
-        ``label_kernel``: C-Mixup; ``j`` drawn with ``P(j | i)`` proportional to
-            ``exp(-|y_i - y_j|^2 / (2 bandwidth^2))`` over ``j != i`` (see
-            :func:`label_kernel_probabilities`). ``labels``: regression values (B,) or (B, d).
-        ``different_class``: ``j`` uniform among samples of another class; when every sample of
-            the batch shares ``i``'s class, uniform among the others.
-        ``same_class``: ``j`` uniform among the other samples of ``i``'s class; when ``i`` is the
-            only one of its class in the batch it is its own partner (stays unmixed), so the rule
-            never mixes two classes.
-        The class rules read class indices (B,) or dense targets (B, C) (class = argmax).
+
+    - ``flip``: ``i`` with ``B - 1 - i`` (timm); symmetric; the middle sample of an odd batch is
+      its own partner (it stays unchanged).
+    - ``roll``: ``i`` with ``i - 1`` (mod B), as torchvision's ``MixUp``/``CutMix``; never self.
+    - ``random``: a random permutation; with ``symmetric=True`` a random perfect matching
+      instead (an odd batch leaves one sample paired with itself).
+    - ``label_kernel``: C-Mixup; ``j`` drawn with ``P(j | i)`` proportional to
+      ``exp(-|y_i - y_j|^2 / (2 bandwidth^2))`` over ``j != i`` (see
+      :func:`label_kernel_probabilities`). ``labels``: regression values (B,) or (B, d).
+    - ``different_class``: ``j`` uniform among samples of another class; when every sample of
+      the batch shares ``i``'s class, uniform among the others.
+    - ``same_class``: ``j`` uniform among the other samples of ``i``'s class; when ``i`` is the
+      only one of its class in the batch it is its own partner (stays unmixed), so the rule
+      never mixes two classes.
+
+    The class rules read class indices (B,) or dense targets (B, C) (class = argmax).
 
     Args:
         batch_size: B.
