@@ -1,4 +1,4 @@
-"""The ``lightning-mix`` command: every preset in callbacks/ composes with a config and runs; the main job parses and tests."""
+"""The ``lightning-mix`` command: every documented --config combination builds one of each callback and runs."""
 
 from __future__ import annotations
 
