@@ -21,7 +21,6 @@ from collections.abc import Sequence
 
 import torch
 
-from lightning_mix.mixing import _memory
 from lightning_mix.mixing.batch import MixedBatch
 from lightning_mix.mixing.sampling import (
     MODES,
@@ -86,13 +85,10 @@ def _require_float(inputs: torch.Tensor, name: str) -> None:
 def _paste(inputs: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``where(keep, x, x[index])`` with a boolean mask ``keep`` (B, 1, *spatial) broadcast over channels.
 
-    Floating-point inputs go through ``lerp_`` with a 0/1 weight, which is exact at 0 and 1 and runs
-    several times faster than ``torch.where`` on CPU; integer inputs use ``torch.where``.
+    The rule of every mask mixer: a pixel taken from one image is that pixel, bit for bit (a 0/1
+    ``lerp`` would turn a clean pixel into NaN when the other image holds an inf there).
     """
-    partner = _memory.index_select(inputs, 0, index)
-    if inputs.is_floating_point():
-        return partner.lerp_(inputs, keep.to(inputs.dtype))
-    return torch.where(keep, inputs, partner)
+    return torch.where(keep, inputs, inputs.index_select(0, index))
 
 
 # paste_boxes gathers whole rows along the first spatial dim when rows have at least this many
@@ -112,8 +108,9 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
     3x224x224, 15% at 3x128x128). 1D, non-contiguous or short-row inputs (rows under 64 elements,
     where a row gather is slower than a sample gather) start from the gathered partners and
     restore every dim. The per-dim masks are (N, 1, .., S_d, .., 1), so no (B, *spatial) mask is
-    ever allocated (on CPU the page faults of such a mask cost more than the blend). Float inputs
-    blend with ``lerp_`` by 0/1 weights (exact for finite values), others with ``torch.where``.
+    ever allocated (on CPU the page faults of such a mask cost more than the blend). Pixels are
+    selected with ``torch.where``, never blended: each output pixel is one input pixel, bit for bit,
+    whatever the values (inf and NaN included).
     """
     n_spatial = inputs.dim() - 2
     device = inputs.device
@@ -124,10 +121,10 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
         in_box = (pos >= lo[:, 0:1]) & (pos < hi[:, 0:1])  # (N, S_0)
         source = torch.where(in_box, index.reshape(-1, 1), torch.arange(b, device=device).view(-1, 1))  # (B, S_0)
         rows = (source.view(b, 1, s0) * c + torch.arange(c, device=device).view(1, c, 1)) * s0 + pos
-        partner = _memory.index_select(inputs.view(b * c * s0, row_length), 0, rows.view(-1)).view(inputs.shape)
+        partner = inputs.view(b * c * s0, row_length).index_select(0, rows.view(-1)).view(inputs.shape)
         first = 1
     else:
-        partner = _memory.index_select(inputs, 0, index)
+        partner = inputs.index_select(0, index)
         first = 0
     for d in range(first, n_spatial):
         size = inputs.shape[2 + d]
@@ -135,11 +132,7 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
         outside = (pos < lo[:, d : d + 1]) | (pos >= hi[:, d : d + 1])  # (N, S_d)
         shape = [outside.shape[0], 1] + [1] * n_spatial
         shape[2 + d] = size
-        outside = outside.view(shape)
-        if inputs.is_floating_point():
-            partner.lerp_(inputs, outside.to(inputs.dtype))
-        else:
-            partner = torch.where(outside, inputs, partner)
+        partner = torch.where(outside.view(shape), inputs, partner)
     return partner
 
 
@@ -302,7 +295,7 @@ class Mixup(BatchMixer):
 
     def mix_inputs(self, inputs, index, lam, generator):
         weight = lam.to(inputs.dtype)
-        partner = _memory.index_select(inputs, 0, index)
+        partner = inputs.index_select(0, index)
         mixed = partner.lerp_(inputs, weight.view(-1, *([1] * (inputs.dim() - 1))))
         # report the lam the inputs actually got (rounded to half precision for fp16/bf16 inputs)
         return mixed, weight.to(lam.dtype) if weight.dtype != lam.dtype else lam
@@ -406,7 +399,6 @@ class CutMix(BatchMixer):
     ) -> None:
         super().__init__(alpha, mode, pairing, bandwidth)
         self.correct_lam = bool(correct_lam)
-        self._copy_box_on_cpu = True  # tests switch the CPU batch-mode fast path off to compare
 
     def check_inputs(self, inputs):
         _spatial_dims(inputs, "CutMix")
@@ -414,7 +406,7 @@ class CutMix(BatchMixer):
     def mix_inputs(self, inputs, index, lam, generator):
         b, spatial = inputs.shape[0], inputs.shape[2:]
         n = 1 if self.mode == "batch" else b
-        if n == 1 and inputs.device.type == "cpu" and self._copy_box_on_cpu:
+        if n == 1 and inputs.device.type == "cpu":
             return self._copy_box_cpu(inputs, index, lam, generator)
         sizes = torch.tensor(list(spatial), device=inputs.device, dtype=_wide(inputs.device))
         centres = _uniform_ints(sizes, (n, len(spatial)), generator, inputs.device)
@@ -442,7 +434,7 @@ class CutMix(BatchMixer):
             lo, hi = min(max(c - side // 2, 0), size), min(max(c + (side + 1) // 2, 0), size)
             box.append(slice(lo, hi))
             volume *= hi - lo
-        mixed = _memory.clone(inputs)
+        mixed = inputs.clone()
         if volume > 0:
             region = (slice(None), slice(None), *box)
             if inputs.requires_grad and torch.is_grad_enabled():  # out= does not record autograd
@@ -513,7 +505,10 @@ class FMix(BatchMixer):
         alpha: Beta concentration (1.0 in the paper).
         decay_power: spectrum decay ``d``; larger gives smoother, blobbier masks (3.0 in the paper).
         max_soft: soft-edge width as a fraction of the pixels (0.0 = binary mask, the default).
-            Binary masks accept any dtype (uint8 included); soft masks interpolate, so need floats.
+            Binary masks accept any dtype (uint8 included) and copy every pixel bit for bit, as all
+            mask mixers do. Soft masks copy the pixels of weight 0 or 1 and *blend* the ramp in
+            between (``w * x + (1 - w) * x[index]``, so an inf or NaN there spreads to the blend);
+            they need floats.
         mode, pairing, bandwidth: see :class:`Mixup` (``mode="batch"``: one mask for the batch).
     """
 
@@ -551,9 +546,17 @@ class FMix(BatchMixer):
         elif self.mode == "batch":
             lam = lam.expand(b).contiguous()  # the (1, 1, *spatial) mask broadcasts over the batch
         if self.max_soft > 0:
-            partner = _memory.index_select(inputs, 0, index)
-            return partner.lerp_(inputs, masks.to(inputs.dtype)), lam
+            return _soft_paste(inputs, index, masks), lam
         return _paste(inputs, index, masks > 0.5), lam
+
+
+def _soft_paste(inputs: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Soft-edged FMix: where the weight is 1 or 0 a pixel is copied (bit for bit, as every mask
+    mixer); on the ramp in between it is the blend ``w * x + (1 - w) * x[index]``."""
+    partner = inputs.index_select(0, index)
+    weights = weights.to(inputs.dtype)
+    blend = torch.lerp(partner, inputs, weights)
+    return torch.where(weights == 1, inputs, torch.where(weights == 0, partner, blend))
 
 
 def resize_paste(
@@ -614,7 +617,6 @@ class ResizeMix(BatchMixer):
         bandwidth: float = 1.0,
     ) -> None:
         super().__init__(1.0, mode, pairing, bandwidth)
-        self._copy_box_on_cpu = True  # tests switch the CPU batch-mode fast path off to compare
         low, high = float(scale[0]), float(scale[1])
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"ResizeMix: scale must satisfy 0 < low <= high <= 1, got {scale}.")
@@ -637,7 +639,7 @@ class ResizeMix(BatchMixer):
         src_y = torch.div(torch.arange(h) * height, h, rounding_mode="floor")
         src_x = torch.div(torch.arange(w) * width, w, rounding_mode="floor")
         thumbs = inputs.index_select(2, src_y).index_select(3, src_x).index_select(0, index)
-        mixed = _memory.clone(inputs)
+        mixed = inputs.clone()
         box = mixed[:, :, top : top + h, left : left + w]
         paired = (index != torch.arange(b)).view(-1, 1, 1, 1)
         box.copy_(torch.where(paired, thumbs, box))
@@ -653,7 +655,7 @@ class ResizeMix(BatchMixer):
 
     def mix_inputs(self, inputs, index, lam, generator):
         tau = (1.0 - lam).clamp_min(0).sqrt()
-        if self.mode == "batch" and inputs.device.type == "cpu" and self._copy_box_on_cpu:
+        if self.mode == "batch" and inputs.device.type == "cpu":
             return self._paste_box_cpu(inputs, index, tau[0], generator)
         # pasting a sample's own thumbnail onto itself would change it: no paste for self-pairs
         tau = torch.where(index == torch.arange(index.shape[0], device=index.device), 0.0, tau)

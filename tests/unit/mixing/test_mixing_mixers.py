@@ -31,6 +31,7 @@ from lightning_mix.mixing import (
     mix_targets,
     paste_boxes,
 )
+from lightning_mix.mixing.mixers import resize_paste
 
 MODES = ("batch", "pair", "elem")
 
@@ -150,6 +151,18 @@ def test_contract_every_mixer_and_mode(case, mode):
             torch.testing.assert_close(full[real], full[out.index][real])
 
 
+def _cutmix_batch_reference(mixer, x, t, seed):
+    """The tensor (device) path of CutMix's batch mode, from public pieces and the same draws."""
+    g = torch.Generator().manual_seed(seed)
+    index, lam = mixer.draw(x.shape[0], g, "cpu", t)
+    spatial = x.shape[2:]
+    sizes = torch.tensor(list(spatial), dtype=torch.float64)
+    centres = torch.floor(torch.rand((1, len(spatial)), generator=g, dtype=torch.float64) * sizes).long()
+    lo, hi = box_corners(lam[:1], centres, spatial)
+    volume = float((hi - lo).prod())
+    return paste_boxes(x, index, lo, hi), 1.0 - volume / math.prod(spatial), lam
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("shape", [(6, 2, 30), (7, 3, 12, 10), (6, 1, 5, 6, 7)])
 def test_cutmix_cpu_box_copy_equals_masked_path(shape, dtype):
@@ -157,13 +170,14 @@ def test_cutmix_cpu_box_copy_equals_masked_path(shape, dtype):
     x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(dtype)
     t = dense_targets(torch.arange(shape[0]) % 3, 3)
     for correct_lam in (True, False):
-        fast, masked = CutMix(correct_lam=correct_lam), CutMix(correct_lam=correct_lam)
-        masked._copy_box_on_cpu = False
+        mixer = CutMix(correct_lam=correct_lam)
         for seed in range(25):
-            a = fast(x, t, generator=torch.Generator().manual_seed(seed))
-            b = masked(x, t, generator=torch.Generator().manual_seed(seed))
-            for u, v in zip(a, b):
-                assert torch.equal(u, v)
+            out = mixer(x, t, generator=torch.Generator().manual_seed(seed))
+            expected, area_lam, raw_lam = _cutmix_batch_reference(mixer, x, t, seed)
+            assert torch.equal(out.inputs, expected)
+            real = out.index != torch.arange(shape[0])
+            wanted = torch.full((shape[0],), area_lam) if correct_lam else raw_lam
+            torch.testing.assert_close(out.lam[real], wanted[real].float())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
@@ -171,13 +185,14 @@ def test_cutmix_cpu_box_copy_equals_masked_path(shape, dtype):
 def test_resizemix_cpu_box_copy_equals_gather_path(dtype, pairing):
     x = (torch.rand(7, 3, 23, 17, generator=torch.Generator().manual_seed(0)) * 255).to(dtype)
     t = dense_targets(torch.arange(7) % 3, 3)
-    fast, gather = ResizeMix(pairing=pairing), ResizeMix(pairing=pairing)
-    gather._copy_box_on_cpu = False
+    mixer = ResizeMix(pairing=pairing)
     for seed in range(6):
-        a = fast(x, t, generator=torch.Generator().manual_seed(seed))
-        b = gather(x, t, generator=torch.Generator().manual_seed(seed))
-        for u, v in zip(a, b):
-            assert torch.equal(u, v)
+        out = mixer(x, t, generator=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        index, lam = mixer.draw(7, g, "cpu", t)  # self-pairs get lam 1, so tau 0: nothing pasted
+        expected, _ = resize_paste(x, index, (1.0 - lam).clamp_min(0).sqrt(), g, "batch")
+        assert torch.equal(out.inputs, expected)
+        assert torch.equal(out.index, index)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
