@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from lightning_mix.mixing.batch import MixedBatch
 from lightning_mix.mixing.sampling import (
@@ -568,14 +569,25 @@ def _soft_paste(inputs: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
     return torch.where(weights == 1, inputs, torch.where(weights == 0, partner, blend))
 
 
+def _to_dtype_of(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Resampled float values back to ``like``'s dtype (integers rounded and clamped to their range)."""
+    if like.is_floating_point():
+        return values.to(like.dtype)
+    info = torch.iinfo(like.dtype)
+    return values.round().clamp(info.min, info.max).to(like.dtype)
+
+
 def resize_paste(
     inputs: torch.Tensor, index: torch.Tensor, tau: torch.Tensor, generator: torch.Generator | None, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste each partner, shrunk by ``tau`` with nearest-neighbour sampling, at a random place.
+    """Paste each partner, shrunk bilinearly to ``round(tau * H) x round(tau * W)``, at a random place.
 
-    Vectorised: each output pixel inside sample i's paste box reads the partner pixel
-    ``floor((y - top) * H / h)``, ``floor((x - left) * W / w)``; a gather replaces B resize calls.
-    Returns the mixed images and lam = 1 - h * w / (H * W) from the integer paste size.
+    The thumbnail is what ``F.interpolate(partner, size=(h, w), mode="bilinear",
+    align_corners=False)`` gives (no antialiasing, as mmpretrain's ResizeMix), computed for the
+    whole batch at once by one ``grid_sample`` whose per-sample grid maps output pixel ``(y, x)``
+    of the paste box to the partner's coordinates ``((y - top + 0.5) * H / h - 0.5, ...)``.
+    Integer images are resampled in float32 and rounded back. Outside the box every pixel is the
+    sample's own, bit for bit. Returns the mixed images and lam = 1 - h * w / (H * W).
     """
     b, _, height, width = inputs.shape
     device = inputs.device
@@ -592,13 +604,15 @@ def resize_paste(
     xs = torch.arange(width, device=device).view(1, -1) - left.view(-1, 1)  # (B, W)
     in_y = (ys >= 0) & (ys < h.view(-1, 1))
     in_x = (xs >= 0) & (xs < w.view(-1, 1))
-    src_y = torch.div(ys.clamp_min(0) * height, h.clamp_min(1).view(-1, 1), rounding_mode="floor").clamp_max(height - 1)
-    src_x = torch.div(xs.clamp_min(0) * width, w.clamp_min(1).view(-1, 1), rounding_mode="floor").clamp_max(width - 1)
-    # partner pixels at (src_y, src_x) for every output pixel: (B, H, W, C) -> (B, C, H, W)
-    rows = index.view(-1, 1, 1)
-    thumbs = inputs[rows, :, src_y.unsqueeze(2), src_x.unsqueeze(1)].permute(0, 3, 1, 2)
+    # normalised source coordinates (align_corners=False): 2 * (y - top + 0.5) / h - 1
+    work = inputs.dtype if inputs.is_floating_point() else torch.float32
+    grid_y = (2 * (ys + 0.5) / h.clamp_min(1).view(-1, 1) - 1).to(work)  # (B, H)
+    grid_x = (2 * (xs + 0.5) / w.clamp_min(1).view(-1, 1) - 1).to(work)  # (B, W)
+    grid = torch.stack(torch.broadcast_tensors(grid_x.unsqueeze(1), grid_y.unsqueeze(2)), dim=-1)  # (B, H, W, 2)
+    partners = inputs.index_select(0, index).to(work)
+    thumbs = F.grid_sample(partners, grid, mode="bilinear", padding_mode="border", align_corners=False)
     keep = ~(in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)
-    mixed = torch.where(keep, inputs, thumbs)
+    mixed = torch.where(keep, inputs, _to_dtype_of(thumbs, inputs))
     lam = (1.0 - (h * w).to(wide) / (height * width)).float()
     return mixed, lam
 
@@ -606,9 +620,11 @@ def resize_paste(
 class ResizeMix(BatchMixer):
     """ResizeMix (Qin et al. 2020): paste the whole partner, shrunk to ``tau * H x tau * W``.
 
-    ``tau ~ U(scale)``; the thumbnail (nearest-neighbour resize) goes at a uniform random place and
-    lam = 1 - pasted area / image area, from the integer thumbnail size. 2D images (B, C, H, W),
-    any dtype (uint8 included).
+    ``tau ~ U(scale)``; the thumbnail (a bilinear resize without antialiasing, as mmpretrain's
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``; integer images are resampled in
+    float32 and rounded back) goes at a uniform random place and lam = 1 - pasted area / image
+    area, from the integer thumbnail size. 2D images (B, C, H, W), any dtype (uint8 included).
+    Outside the thumbnail each pixel is the sample's own, bit for bit.
 
     Args:
         scale: range of the thumbnail side ratio tau ((0.1, 0.8) in the paper).
@@ -638,16 +654,18 @@ class ResizeMix(BatchMixer):
         _spatial_dims(inputs, "ResizeMix", allowed=(2,))
 
     def _paste_box_cpu(self, inputs, index, tau, generator):
-        """Batch mode on CPU, where reading the paste size costs no device sync: resize and copy
-        the one box only. Same draws and same pixels as :func:`resize_paste`."""
+        """Batch mode on CPU, where reading the paste size costs no device sync: resize the
+        partners to the one box size with ``F.interpolate`` and copy the box only. Same draws and
+        same box as :func:`resize_paste`; the thumbnails agree with its ``grid_sample`` to float
+        rounding."""
         b, _, height, width = inputs.shape
         h = min(max(round(float(tau) * height), 1), height)
         w = min(max(round(float(tau) * width), 1), width)
         corner_y, corner_x = torch.rand((1, 2), generator=generator, dtype=torch.float64)[0].tolist()
         top, left = math.floor(corner_y * (height - h + 1)), math.floor(corner_x * (width - w + 1))
-        src_y = torch.div(torch.arange(h) * height, h, rounding_mode="floor")
-        src_x = torch.div(torch.arange(w) * width, w, rounding_mode="floor")
-        thumbs = inputs.index_select(2, src_y).index_select(3, src_x).index_select(0, index)
+        work = inputs.dtype if inputs.is_floating_point() else torch.float32
+        small = F.interpolate(inputs.index_select(0, index).to(work), size=(h, w), mode="bilinear", align_corners=False)
+        thumbs = _to_dtype_of(small, inputs)
         mixed = inputs.clone()
         box = mixed[:, :, top : top + h, left : left + w]
         paired = (index != torch.arange(b)).view(-1, 1, 1, 1)
