@@ -664,8 +664,8 @@ class ResizeMix(BatchMixer):
         corner_y, corner_x = torch.rand((1, 2), generator=generator, dtype=torch.float64)[0].tolist()
         top, left = math.floor(corner_y * (height - h + 1)), math.floor(corner_x * (width - w + 1))
         work = inputs.dtype if inputs.is_floating_point() else torch.float32
-        small = F.interpolate(inputs.index_select(0, index).to(work), size=(h, w), mode="bilinear", align_corners=False)
-        thumbs = _to_dtype_of(small, inputs)
+        small = F.interpolate(inputs.to(work), size=(h, w), mode="bilinear", align_corners=False)
+        thumbs = _to_dtype_of(small, inputs).index_select(0, index)  # resize first: gather the small thumbnails
         mixed = inputs.clone()
         box = mixed[:, :, top : top + h, left : left + w]
         paired = (index != torch.arange(b)).view(-1, 1, 1, 1)
