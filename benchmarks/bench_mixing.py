@@ -146,7 +146,10 @@ def main():
     import os
 
     allocator = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_") if k in os.environ}
-    print(f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats, allocator env {allocator or 'default'}")
+    print(
+        f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats, "
+        f"allocator env {allocator or 'default'}"
+    )
     start = time.perf_counter()
     for batch, size in ((256, 32), (128, 224)):
         rows, others = bench_mixers(batch, size, 1000, args.repeats, device)
@@ -166,8 +169,9 @@ def main():
             for kind in ("CutMix", "ResizeMix"):
                 fast, general = res[f"{kind} fast"], res[f"{kind} general"]
                 print(
-                    f"B={batch} 3x{size}x{size} {kind:9s}: fast {fast[0]*1e3:7.2f} / {fast[1]*1e3:7.2f}"
-                    f"  general {general[0]*1e3:7.2f} / {general[1]*1e3:7.2f}  general/fast (best) {general[1]/fast[1]:5.2f}"
+                    f"B={batch} 3x{size}x{size} {kind:9s}: fast {fast[0] * 1e3:7.2f} / {fast[1] * 1e3:7.2f}"
+                    f"  general {general[0] * 1e3:7.2f} / {general[1] * 1e3:7.2f}"
+                    f"  general/fast (best) {general[1] / fast[1]:5.2f}"
                 )
     print("\n## soft_cross_entropy vs F.cross_entropy with probability targets, forward + backward (us: median / best)")
     for batch, classes in ((256, 10), (256, 1000), (1024, 1000)):

@@ -36,6 +36,8 @@ from lightning_mix.mixing.sampling import (
 )
 from lightning_mix.mixing.targets import mix_targets
 
+__all__ = ["BatchMixer", "Mixup", "MidpointMixup", "CutMix", "FMix", "ResizeMix", "RandomChoice", "box_corners", "box_masks", "paste_boxes", "fourier_maps", "fmix_masks", "resize_paste"]
+
 
 def _wide(device) -> torch.dtype:
     """float64 for exact box and rank arithmetic, except on MPS, which has no float64."""

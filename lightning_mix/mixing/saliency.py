@@ -8,8 +8,9 @@ train.py of afm-shahab-uddin/SaliencyMix) calls OpenCV's ``StaticSaliencyFineGra
 (Montabone and Soto 2010, centre-surround differences over integral images), one image at a time
 on the CPU, on the normalised float tensor. We use the spectral residual instead because it is a
 few FFTs that run batched on the inputs' device with no host round trip, and the paper discusses
-the spectral residual among the saliency detectors it could use. On synthetic images with one textured patch on a smooth background our peak falls in the
-patch at least as often as OpenCV's spectral residual (tests/unit/mixing/test_mixing_saliency.py).
+the spectral residual among the saliency detectors it could use. On synthetic images with one
+textured patch on a smooth background our peak falls in the patch at least as often as OpenCV's
+spectral residual (tests/unit/mixing/test_mixing_saliency.py; figures in docs/guide/mixing.md).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def documented_combinations() -> list[tuple[str, ...]]:
     sources += [p for p in guides if p.exists()]
     found = set()
     for path in sources:
-        for match in re.finditer(r"lightning-mix fit((?: --config \S+)+)", path.read_text()):
+        for match in re.finditer(r"lightning-mix fit((?: --config [\w/.-]+\.yaml)+)", path.read_text()):
             found.add(tuple(match.group(1).split()[1::2]))
     return sorted(found)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 
-def authors_mrl(logits: torch.Tensor, mixed_logits: torch.Tensor, mixed_targets: torch.Tensor, margin: float) -> torch.Tensor:
+def authors_mrl(
+    logits: torch.Tensor, mixed_logits: torch.Tensor, mixed_targets: torch.Tensor, margin: float
+) -> torch.Tensor:
     """``logits``, ``mixed_logits`` (B, C); ``mixed_targets`` (B, C) the mixed one-hot targets
     (a row holding an exact 1.0 is a same-class mix, masked)."""
     mask = (mixed_targets == 1.0).sum(dim=1).reshape(1, -1)

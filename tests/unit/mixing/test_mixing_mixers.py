@@ -192,7 +192,8 @@ def test_resizemix_cpu_box_copy_equals_gather_path(dtype, pairing):
         index, lam = mixer.draw(7, g, "cpu", t)  # self-pairs get lam 1, so tau 0: nothing pasted
         expected, _ = resize_paste(x, index, (1.0 - lam).clamp_min(0).sqrt(), g, "batch")
         # F.interpolate (fast path) and grid_sample (general path) agree to float rounding
-        torch.testing.assert_close(out.inputs.float(), expected.float(), atol=1.0 if dtype == torch.uint8 else 1e-3, rtol=1e-5)
+        atol = 1.0 if dtype == torch.uint8 else 1e-3
+        torch.testing.assert_close(out.inputs.float(), expected.float(), atol=atol, rtol=1e-5)
         assert torch.equal(out.index, index)
 
 

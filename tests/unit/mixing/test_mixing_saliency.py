@@ -33,7 +33,7 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list
 
 
 def hits(peaks, patches) -> int:
-    return sum(int(t <= r < t + s and l <= c < l + s) for (r, c), (t, l, s) in zip(peaks, patches))
+    return sum(int(top <= r < top + s and left <= c < left + s) for (r, c), (top, left, s) in zip(peaks, patches))
 
 
 @pytest.mark.parametrize("size", [32, 96])
