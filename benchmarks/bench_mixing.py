@@ -8,6 +8,7 @@ anchors do inside their call. timm mixes in place, so it is given the same tenso
     python benchmarks/bench_mixing.py                 # CPU, about 2-3 minutes on 2 cores
     python benchmarks/bench_mixing.py --device cuda   # the same on a GPU
     python benchmarks/bench_mixing.py --repeats 5     # quicker, noisier
+    OMP_NUM_THREADS=1 python benchmarks/bench_mixing.py --threads 1   # one thread (a shared machine)
 
 Each contender is called ``--repeats`` times after warm-up, interleaved round-robin so a
 background load hits every contender alike. Median and best (minimum) times are printed; the
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_mix.losses import soft_cross_entropy
-from lightning_mix.mixing import CutMix, FMix, Mixup, ResizeMix, SaliencyMix, dense_targets
+from lightning_mix.mixing import CutMix, FMix, Mixup, ResizeMix, SaliencyMix, box_corners, dense_targets, paste_boxes
+from lightning_mix.mixing.mixers import resize_paste
 
 
 def _sync(device):
@@ -88,6 +90,35 @@ def bench_mixers(batch, size, num_classes, repeats, device):
     return rows, other_res
 
 
+def bench_fast_paths(batch, size, repeats):
+    """CPU only: CutMix's and ResizeMix's batch-mode box copy against their general (device) path
+    run on the same CPU tensors, both from the same draws. A fast path is kept only at >= 1.3x."""
+    x = torch.randn(batch, 3, size, size)
+    t = dense_targets(torch.randint(0, 10, (batch,)), 10)
+    cutmix, resizemix = CutMix(alpha=1.0), ResizeMix()
+
+    def cutmix_general():
+        g = torch.Generator().manual_seed(0)
+        index, lam = cutmix.draw(batch, g, "cpu", t)
+        sizes = torch.tensor([size, size], dtype=torch.float64)
+        centres = torch.floor(torch.rand((1, 2), generator=g, dtype=torch.float64) * sizes).long()
+        lo, hi = box_corners(lam[:1], centres, (size, size))
+        return paste_boxes(x, index, lo, hi)
+
+    def resizemix_general():
+        g = torch.Generator().manual_seed(0)
+        index, lam = resizemix.draw(batch, g, "cpu", t)
+        return resize_paste(x, index, (1.0 - lam).clamp_min(0).sqrt(), g, "batch")
+
+    contenders = {
+        "CutMix fast": lambda: cutmix(x, t, torch.Generator().manual_seed(0)),
+        "CutMix general": cutmix_general,
+        "ResizeMix fast": lambda: resizemix(x, t, torch.Generator().manual_seed(0)),
+        "ResizeMix general": resizemix_general,
+    }
+    return measure(contenders, repeats, torch.device("cpu"))
+
+
 def bench_loss(batch, classes, repeats, device):
     z = torch.randn(batch, classes, device=device, requires_grad=True)
     t = torch.softmax(torch.randn(batch, classes, device=device), dim=-1)
@@ -112,10 +143,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    from lightning_mix.mixing._memory import hugepages_enabled
+    import os
 
-    print(f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats, "
-          f"huge-page outputs {'on' if hugepages_enabled() else 'off'} (LIGHTNING_MIX_HUGEPAGES)")
+    allocator = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_") if k in os.environ}
+    print(
+        f"# bench_mixing on {name}, torch {torch.__version__}, {args.repeats} repeats, "
+        f"allocator env {allocator or 'default'}"
+    )
     start = time.perf_counter()
     for batch, size in ((256, 32), (128, 224)):
         rows, others = bench_mixers(batch, size, 1000, args.repeats, device)
@@ -128,6 +162,17 @@ def main():
             )
         for key, (med, best) in others.items():
             print(f"{key:18s} {med*1e3:8.2f} / {best*1e3:7.2f} ms (no anchor)")
+    if device.type == "cpu":
+        print("\n## CPU batch-mode fast paths against the general path on the same tensors (ms: median / best)")
+        for batch, size in ((256, 32), (128, 224)):
+            res = bench_fast_paths(batch, size, args.repeats)
+            for kind in ("CutMix", "ResizeMix"):
+                fast, general = res[f"{kind} fast"], res[f"{kind} general"]
+                print(
+                    f"B={batch} 3x{size}x{size} {kind:9s}: fast {fast[0] * 1e3:7.2f} / {fast[1] * 1e3:7.2f}"
+                    f"  general {general[0] * 1e3:7.2f} / {general[1] * 1e3:7.2f}"
+                    f"  general/fast (best) {general[1] / fast[1]:5.2f}"
+                )
     print("\n## soft_cross_entropy vs F.cross_entropy with probability targets, forward + backward (us: median / best)")
     for batch, classes in ((256, 10), (256, 1000), (1024, 1000)):
         res = bench_loss(batch, classes, max(args.repeats * 4, 20), device)

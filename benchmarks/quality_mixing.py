@@ -159,9 +159,11 @@ def time_steps(rounds: int, steps: int) -> dict[str, float]:
 
 REGRESSION = {
     "ERM": lambda bw: [],
-    "Mixup (a=2)": lambda bw: [MixingCallback(Mixup(alpha=2.0, mode="elem", pairing="random"), seed=0)],
+    "Mixup (a=2)": lambda bw: [
+        MixingCallback(Mixup(alpha=2.0, mode="elem", pairing="random"), seed=0, regression=True)
+    ],
     "C-Mixup (a=2)": lambda bw: [
-        MixingCallback(Mixup(alpha=2.0, mode="elem", pairing="label_kernel", bandwidth=bw), seed=0)
+        MixingCallback(Mixup(alpha=2.0, mode="elem", pairing="label_kernel", bandwidth=bw), seed=0, regression=True)
     ],
 }
 

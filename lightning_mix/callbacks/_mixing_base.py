@@ -1,4 +1,5 @@
-"""What every batch-mixing callback shares: dense targets, the per-rank random stream, resume state."""
+"""What every batch-mixing callback shares: dense targets, the per-rank random stream, resume state,
+``stop_epoch`` and the one-mixer-per-Trainer rule."""
 
 from __future__ import annotations
 
@@ -11,6 +12,34 @@ from lightning.pytorch.callbacks import Callback
 from lightning_mix.callbacks._batch_access import BatchKey, get_entry
 from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.mixing import dense_targets
+
+__all__ = ["MixingCallbackBase", "infer_num_classes", "check_single_mixer"]
+
+
+def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: Callback) -> None:
+    """Raise when the Trainer mixes twice: two mixing callbacks, or a mixing callback and a RankMixupMixin module.
+
+    Two mixers would be applied in turn (a mix of mixes, targets with up to four classes), which
+    no method in this library intends; presets that add a mixer to a config that already has one
+    end up here too.
+    """
+    from lightning_mix.mixins.rank_mixup import RankMixupMixin  # lazy: mixins imports this package
+
+    others = [cb for cb in trainer.callbacks if isinstance(cb, MixingCallbackBase) and cb is not owner]
+    if others:
+        names = ", ".join(type(cb).__name__ for cb in [owner, *others])
+        raise ValueError(
+            f"the Trainer has {len(others) + 1} mixing callbacks ({names}); each would mix the batch "
+            "again after the other. Keep one: to alternate mixers use one MixingCallback with "
+            "RandomChoice([...]); with presets, compose a base config that has no mixing callback "
+            "(examples/mnist5k.yaml) with one mixing preset."
+        )
+    if isinstance(pl_module, RankMixupMixin):
+        raise ValueError(
+            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is a RankMixupMixin, "
+            "which mixes its own copies of the clean batch in training_step; remove the callback "
+            "(RankMixup needs the clean batch)."
+        )
 
 
 def infer_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[int]:
@@ -38,6 +67,12 @@ class MixingCallbackBase(Callback):
       values and a resumed run continues the same sequence; seed and counter are the checkpoint
       state.
 
+    * ``stop_epoch``: no mixing from that epoch on (early-stopped mixup); see :meth:`mixing_active`;
+    * ``regression``: False (classification) refuses float targets of shape (B,), which are
+      class labels stored as floats far more often than anything else; True mixes float targets
+      of any shape as values (regression, C-Mixup);
+    * at ``setup("fit")``, a second mixing callback or a RankMixupMixin module is an error.
+
     Subclasses implement ``on_train_batch_start`` with :meth:`read_batch` and
     :meth:`generator`, and call :meth:`advance` once per batch.
     """
@@ -49,12 +84,23 @@ class MixingCallbackBase(Callback):
         input_key: BatchKey,
         target_key: BatchKey,
         seed: Optional[int],
+        stop_epoch: Optional[int] = None,
+        regression: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}.")
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        if stop_epoch is not None and stop_epoch < 0:
+            raise ValueError(f"stop_epoch must be a non-negative epoch number or None, got {stop_epoch}.")
+        if regression and (num_classes is not None or label_smoothing > 0):
+            raise ValueError(
+                "regression=True mixes the targets as values; num_classes and label_smoothing apply to "
+                "class labels only: leave them at None and 0."
+            )
+        self.stop_epoch = stop_epoch
+        self.regression = bool(regression)
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.input_key = input_key
@@ -63,8 +109,16 @@ class MixingCallbackBase(Callback):
         self._stream: Optional[CounterStream] = None
         self._restored: Optional[dict[str, int]] = None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_single_mixer(trainer, pl_module, self)
+
+    def mixing_active(self, trainer: pl.Trainer) -> bool:
+        """False from ``stop_epoch`` on (the batch then only gets its targets made dense)."""
+        return self.stop_epoch is None or trainer.current_epoch < self.stop_epoch
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.num_classes is None:
+        if self.num_classes is None and not self.regression:
             self.num_classes = infer_num_classes(trainer, pl_module)
         seed = self.seed if self.seed is not None else torch.initial_seed()
         self._stream = CounterStream(seed, rank=trainer.global_rank)
@@ -80,8 +134,23 @@ class MixingCallbackBase(Callback):
         return inputs, self.dense(targets)
 
     def dense(self, targets: torch.Tensor) -> torch.Tensor:
-        """Class indices to dense targets; dense float targets pass through unchanged."""
+        """Class indices to dense targets; dense float targets (and regression values) pass through unchanged."""
+        owner = type(self).__name__
+        if self.regression:
+            if not targets.is_floating_point():
+                raise ValueError(
+                    f"{owner}(regression=True) mixes targets as values but received {targets.dtype} targets; "
+                    "convert them to float in the dataset, or use regression=False for class labels."
+                )
+            return targets
         if targets.is_floating_point():
+            if targets.dim() == 1:
+                raise ValueError(
+                    f"{owner} received float targets of shape {tuple(targets.shape)}: one number per sample is "
+                    "a class label stored as a float (convert the labels with .long() in the dataset) or a "
+                    f"regression value (then pass regression=True to {owner}). Classification targets are "
+                    "integer class indices (B,) or dense rows (B, num_classes)."
+                )
             return targets
         if self.num_classes is None:
             raise ValueError(

@@ -12,6 +12,8 @@ from lightning_mix.callbacks._batch_access import BatchKey, set_entry
 from lightning_mix.callbacks._mixing_base import MixingCallbackBase
 from lightning_mix.mixing import Mixup, mix_targets
 
+__all__ = ["ManifoldMixup", "mix_hidden"]
+
 INPUT = "input"
 _LAYER_SALT = 1
 
@@ -71,6 +73,8 @@ class ManifoldMixup(MixingCallbackBase):
         input_key: index or key of the inputs in the batch.
         target_key: index or key of the targets in the batch.
         seed: seed of the mixing stream; None takes ``torch.initial_seed()``.
+        stop_epoch: no mixing from this epoch on (targets are still made dense); None mixes throughout.
+        regression: the targets are regression values (float, (B,) or (B, d)), mixed as they are.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class ManifoldMixup(MixingCallbackBase):
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
         seed: Optional[int] = None,
+        stop_epoch: Optional[int] = None,
+        regression: bool = False,
     ) -> None:
-        super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
+        super().__init__(num_classes, label_smoothing, input_key, target_key, seed, stop_epoch, regression)
         if isinstance(layers, str):
             layers = [layers]
         if not layers:
@@ -125,6 +131,10 @@ class ManifoldMixup(MixingCallbackBase):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._remove_hook()
         inputs, targets = self.read_batch(batch)
+        if not self.mixing_active(trainer):
+            self.last_layer, self.last_index, self.last_lam = None, None, None
+            set_entry(batch, self.target_key, targets)
+            return
         choice = torch.randint(len(self.layers), (), generator=self.generator(torch.device("cpu"), _LAYER_SALT))
         layer = self.layers[int(choice)]
         batch_size = inputs.shape[0]

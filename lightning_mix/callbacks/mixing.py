@@ -11,6 +11,8 @@ from lightning_mix.callbacks._batch_access import BatchKey, set_entry
 from lightning_mix.callbacks._mixing_base import MixingCallbackBase
 from lightning_mix.mixing import MixedBatch
 
+__all__ = ["MixingCallback"]
+
 _DECISION_SALT = 1
 
 
@@ -30,8 +32,9 @@ class MixingCallback(MixingCallbackBase):
     What it does, in ``on_train_batch_start``:
 
     * Class-index targets (integer, shape (B,)) become dense targets (B, C) with optional label
-      smoothing (``num_classes`` is then required). Dense float targets (soft labels, regression
-      values) are mixed as they are.
+      smoothing (``num_classes`` is then required). Dense float targets (B, C) (soft labels) are
+      mixed as they are. Float targets of shape (B,) are an error (class labels stored as floats)
+      unless ``regression=True``, which mixes float targets of any shape as values (C-Mixup).
     * With probability ``p`` the mixer replaces ``batch[input_key]`` and ``batch[target_key]``.
       When ``p`` skips a batch, or from ``stop_epoch`` on, targets are still made dense so the loss
       always sees one format.
@@ -61,6 +64,9 @@ class MixingCallback(MixingCallbackBase):
         input_key: index or key of the inputs in the batch.
         target_key: index or key of the targets in the batch.
         seed: seed of the mixing stream; None takes ``torch.initial_seed()``.
+        regression: the targets are regression values (float, (B,) or (B, d)), mixed as they are.
+
+    A second mixing callback in the same Trainer (or a RankMixupMixin module) is an error at setup.
     """
 
     def __init__(
@@ -73,15 +79,15 @@ class MixingCallback(MixingCallbackBase):
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
         seed: Optional[int] = None,
+        regression: bool = False,
     ) -> None:
-        super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
+        super().__init__(num_classes, label_smoothing, input_key, target_key, seed, stop_epoch, regression)
         if not callable(mixer):
             raise TypeError(f"mixer must be callable as mixer(inputs, targets, generator), got {type(mixer).__name__}.")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p is a probability and must lie in [0, 1], got {p}.")
         self.mixer = mixer
         self.p = p
-        self.stop_epoch = stop_epoch
         self.last_mixed: Optional[MixedBatch] = None
 
     @property
@@ -101,7 +107,7 @@ class MixingCallback(MixingCallbackBase):
         self.advance()
 
     def _should_mix(self, trainer: pl.Trainer) -> bool:
-        if self.stop_epoch is not None and trainer.current_epoch >= self.stop_epoch:
+        if not self.mixing_active(trainer):
             return False
         if self.p >= 1.0:
             return True

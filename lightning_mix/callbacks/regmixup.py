@@ -11,6 +11,8 @@ from lightning_mix.callbacks._batch_access import BatchKey, set_entry
 from lightning_mix.callbacks._mixing_base import MixingCallbackBase
 from lightning_mix.mixing import Mixup
 
+__all__ = ["RegMixup"]
+
 
 class RegMixup(MixingCallbackBase):
     """RegMixup (Pinto et al. 2022): mixup as a regulariser added to clean training.
@@ -49,6 +51,9 @@ class RegMixup(MixingCallbackBase):
         input_key: index or key of the inputs in the batch.
         target_key: index or key of the targets in the batch.
         seed: seed of the mixing stream; None takes ``torch.initial_seed()``.
+        stop_epoch: from this epoch on the batch stays the B clean samples (targets made dense), so
+            the loss is plain CE; None mixes throughout.
+        regression: the targets are regression values (float, (B,) or (B, d)), mixed as they are.
     """
 
     def __init__(
@@ -61,8 +66,10 @@ class RegMixup(MixingCallbackBase):
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
         seed: Optional[int] = None,
+        stop_epoch: Optional[int] = None,
+        regression: bool = False,
     ) -> None:
-        super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
+        super().__init__(num_classes, label_smoothing, input_key, target_key, seed, stop_epoch, regression)
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}.")
         self._mixup = Mixup(alpha=alpha, mode=mode, pairing=pairing)  # validates alpha, mode and pairing
@@ -78,6 +85,10 @@ class RegMixup(MixingCallbackBase):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         inputs, targets = self.read_batch(batch)
+        if not self.mixing_active(trainer):
+            self.last_index, self.last_lam = None, None
+            set_entry(batch, self.target_key, targets)
+            return
         mixed = self._mixup(inputs, targets, generator=self.generator(inputs.device))
         self.advance()
         self.last_index, self.last_lam = mixed.index, mixed.lam

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["reduce_loss"]
+
 
 def reduce_loss(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     """Apply ``reduction`` (``"mean"``, ``"sum"`` or ``"none"``) to per-sample losses."""

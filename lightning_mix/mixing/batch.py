@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import torch
 
+__all__ = ["MixedBatch"]
+
 
 class MixedBatch(NamedTuple):
     """A mixed batch and how it was mixed.

@@ -20,8 +20,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from lightning_mix.mixing import _memory
 from lightning_mix.mixing.batch import MixedBatch
 from lightning_mix.mixing.sampling import (
     MODES,
@@ -35,6 +35,8 @@ from lightning_mix.mixing.sampling import (
     sample_lam,
 )
 from lightning_mix.mixing.targets import mix_targets
+
+__all__ = ["BatchMixer", "Mixup", "MidpointMixup", "CutMix", "FMix", "ResizeMix", "RandomChoice", "box_corners", "box_masks", "paste_boxes", "fourier_maps", "fmix_masks", "resize_paste"]
 
 
 def _wide(device) -> torch.dtype:
@@ -86,13 +88,19 @@ def _require_float(inputs: torch.Tensor, name: str) -> None:
 def _paste(inputs: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``where(keep, x, x[index])`` with a boolean mask ``keep`` ``(B, 1, *spatial)`` broadcast over channels.
 
-    Floating-point inputs go through ``lerp_`` with a 0/1 weight, which is exact at 0 and 1 and runs
-    several times faster than ``torch.where`` on CPU; integer inputs use ``torch.where``.
+    The rule of every mask mixer: a pixel taken from one image is that pixel, bit for bit (a 0/1
+    ``lerp`` would turn a clean pixel into NaN when the other image holds an inf there).
     """
-    partner = _memory.index_select(inputs, 0, index)
-    if inputs.is_floating_point():
-        return partner.lerp_(inputs, keep.to(inputs.dtype))
-    return torch.where(keep, inputs, partner)
+    return _select_into(keep, inputs, inputs.index_select(0, index))
+
+
+def _select_into(keep: torch.Tensor, inputs: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """``torch.where(keep, inputs, partner)`` written over ``partner`` (a new tensor of ours) when no
+    gradient is recorded: an exact selection, without a fresh output buffer (on CPU a fresh 77 MB
+    buffer costs more in page faults than the selection itself)."""
+    if inputs.requires_grad and torch.is_grad_enabled():
+        return torch.where(keep, inputs, partner)
+    return torch.where(keep, inputs, partner, out=partner)
 
 
 # paste_boxes gathers whole rows along the first spatial dim when rows have at least this many
@@ -112,8 +120,9 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
     3x224x224, 15% at 3x128x128). 1D, non-contiguous or short-row inputs (rows under 64 elements,
     where a row gather is slower than a sample gather) start from the gathered partners and
     restore every dim. The per-dim masks are (N, 1, .., S_d, .., 1), so no ``(B, *spatial)`` mask is
-    ever allocated (on CPU the page faults of such a mask cost more than the blend). Float inputs
-    blend with ``lerp_`` by 0/1 weights (exact for finite values), others with ``torch.where``.
+    ever allocated (on CPU the page faults of such a mask cost more than the blend). Pixels are
+    selected with ``torch.where``, never blended: each output pixel is one input pixel, bit for bit,
+    whatever the values (inf and NaN included).
     """
     n_spatial = inputs.dim() - 2
     device = inputs.device
@@ -124,10 +133,10 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
         in_box = (pos >= lo[:, 0:1]) & (pos < hi[:, 0:1])  # (N, S_0)
         source = torch.where(in_box, index.reshape(-1, 1), torch.arange(b, device=device).view(-1, 1))  # (B, S_0)
         rows = (source.view(b, 1, s0) * c + torch.arange(c, device=device).view(1, c, 1)) * s0 + pos
-        partner = _memory.index_select(inputs.view(b * c * s0, row_length), 0, rows.view(-1)).view(inputs.shape)
+        partner = inputs.view(b * c * s0, row_length).index_select(0, rows.view(-1)).view(inputs.shape)
         first = 1
     else:
-        partner = _memory.index_select(inputs, 0, index)
+        partner = inputs.index_select(0, index)
         first = 0
     for d in range(first, n_spatial):
         size = inputs.shape[2 + d]
@@ -135,11 +144,7 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
         outside = (pos < lo[:, d : d + 1]) | (pos >= hi[:, d : d + 1])  # (N, S_d)
         shape = [outside.shape[0], 1] + [1] * n_spatial
         shape[2 + d] = size
-        outside = outside.view(shape)
-        if inputs.is_floating_point():
-            partner.lerp_(inputs, outside.to(inputs.dtype))
-        else:
-            partner = torch.where(outside, inputs, partner)
+        partner = _select_into(outside.view(shape), inputs, partner)
     return partner
 
 
@@ -302,7 +307,7 @@ class Mixup(BatchMixer):
 
     def mix_inputs(self, inputs, index, lam, generator):
         weight = lam.to(inputs.dtype)
-        partner = _memory.index_select(inputs, 0, index)
+        partner = inputs.index_select(0, index)
         mixed = partner.lerp_(inputs, weight.view(-1, *([1] * (inputs.dim() - 1))))
         # report the lam the inputs actually got (rounded to half precision for fp16/bf16 inputs)
         return mixed, weight.to(lam.dtype) if weight.dtype != lam.dtype else lam
@@ -406,7 +411,6 @@ class CutMix(BatchMixer):
     ) -> None:
         super().__init__(alpha, mode, pairing, bandwidth)
         self.correct_lam = bool(correct_lam)
-        self._copy_box_on_cpu = True  # tests switch the CPU batch-mode fast path off to compare
 
     def check_inputs(self, inputs):
         _spatial_dims(inputs, "CutMix")
@@ -414,7 +418,7 @@ class CutMix(BatchMixer):
     def mix_inputs(self, inputs, index, lam, generator):
         b, spatial = inputs.shape[0], inputs.shape[2:]
         n = 1 if self.mode == "batch" else b
-        if n == 1 and inputs.device.type == "cpu" and self._copy_box_on_cpu:
+        if n == 1 and inputs.device.type == "cpu":
             return self._copy_box_cpu(inputs, index, lam, generator)
         sizes = torch.tensor(list(spatial), device=inputs.device, dtype=_wide(inputs.device))
         centres = _uniform_ints(sizes, (n, len(spatial)), generator, inputs.device)
@@ -442,7 +446,7 @@ class CutMix(BatchMixer):
             lo, hi = min(max(c - side // 2, 0), size), min(max(c + (side + 1) // 2, 0), size)
             box.append(slice(lo, hi))
             volume *= hi - lo
-        mixed = _memory.clone(inputs)
+        mixed = inputs.clone()
         if volume > 0:
             region = (slice(None), slice(None), *box)
             if inputs.requires_grad and torch.is_grad_enabled():  # out= does not record autograd
@@ -513,7 +517,10 @@ class FMix(BatchMixer):
         alpha: Beta concentration (1.0 in the paper).
         decay_power: spectrum decay ``d``; larger gives smoother, blobbier masks (3.0 in the paper).
         max_soft: soft-edge width as a fraction of the pixels (0.0 = binary mask, the default).
-            Binary masks accept any dtype (uint8 included); soft masks interpolate, so need floats.
+            Binary masks accept any dtype (uint8 included) and copy every pixel bit for bit, as all
+            mask mixers do. Soft masks copy the pixels of weight 0 or 1 and *blend* the ramp in
+            between (``w * x + (1 - w) * x[index]``, so an inf or NaN there spreads to the blend);
+            they need floats.
         mode, pairing, bandwidth: see :class:`Mixup` (``mode="batch"``: one mask for the batch).
     """
 
@@ -551,19 +558,38 @@ class FMix(BatchMixer):
         elif self.mode == "batch":
             lam = lam.expand(b).contiguous()  # the (1, 1, *spatial) mask broadcasts over the batch
         if self.max_soft > 0:
-            partner = _memory.index_select(inputs, 0, index)
-            return partner.lerp_(inputs, masks.to(inputs.dtype)), lam
+            return _soft_paste(inputs, index, masks), lam
         return _paste(inputs, index, masks > 0.5), lam
+
+
+def _soft_paste(inputs: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Soft-edged FMix: where the weight is 1 or 0 a pixel is copied (bit for bit, as every mask
+    mixer); on the ramp in between it is the blend ``w * x + (1 - w) * x[index]``."""
+    partner = inputs.index_select(0, index)
+    weights = weights.to(inputs.dtype)
+    blend = torch.lerp(partner, inputs, weights)
+    return torch.where(weights == 1, inputs, torch.where(weights == 0, partner, blend))
+
+
+def _to_dtype_of(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Resampled float values back to ``like``'s dtype (integers rounded and clamped to their range)."""
+    if like.is_floating_point():
+        return values.to(like.dtype)
+    info = torch.iinfo(like.dtype)
+    return values.round().clamp(info.min, info.max).to(like.dtype)
 
 
 def resize_paste(
     inputs: torch.Tensor, index: torch.Tensor, tau: torch.Tensor, generator: torch.Generator | None, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste each partner, shrunk by ``tau`` with nearest-neighbour sampling, at a random place.
+    """Paste each partner, shrunk bilinearly to ``round(tau * H) x round(tau * W)``, at a random place.
 
-    Vectorised: each output pixel inside sample i's paste box reads the partner pixel
-    ``floor((y - top) * H / h)``, ``floor((x - left) * W / w)``; a gather replaces B resize calls.
-    Returns the mixed images and lam = 1 - h * w / (H * W) from the integer paste size.
+    The thumbnail is what ``F.interpolate(partner, size=(h, w), mode="bilinear",
+    align_corners=False)`` gives (no antialiasing, as mmpretrain's ResizeMix), computed for the
+    whole batch at once by one ``grid_sample`` whose per-sample grid maps output pixel ``(y, x)``
+    of the paste box to the partner's coordinates ``((y - top + 0.5) * H / h - 0.5, ...)``.
+    Integer images are resampled in float32 and rounded back. Outside the box every pixel is the
+    sample's own, bit for bit. Returns the mixed images and lam = 1 - h * w / (H * W).
     """
     b, _, height, width = inputs.shape
     device = inputs.device
@@ -580,13 +606,15 @@ def resize_paste(
     xs = torch.arange(width, device=device).view(1, -1) - left.view(-1, 1)  # (B, W)
     in_y = (ys >= 0) & (ys < h.view(-1, 1))
     in_x = (xs >= 0) & (xs < w.view(-1, 1))
-    src_y = torch.div(ys.clamp_min(0) * height, h.clamp_min(1).view(-1, 1), rounding_mode="floor").clamp_max(height - 1)
-    src_x = torch.div(xs.clamp_min(0) * width, w.clamp_min(1).view(-1, 1), rounding_mode="floor").clamp_max(width - 1)
-    # partner pixels at (src_y, src_x) for every output pixel: (B, H, W, C) -> (B, C, H, W)
-    rows = index.view(-1, 1, 1)
-    thumbs = inputs[rows, :, src_y.unsqueeze(2), src_x.unsqueeze(1)].permute(0, 3, 1, 2)
+    # normalised source coordinates (align_corners=False): 2 * (y - top + 0.5) / h - 1
+    work = inputs.dtype if inputs.is_floating_point() else torch.float32
+    grid_y = (2 * (ys + 0.5) / h.clamp_min(1).view(-1, 1) - 1).to(work)  # (B, H)
+    grid_x = (2 * (xs + 0.5) / w.clamp_min(1).view(-1, 1) - 1).to(work)  # (B, W)
+    grid = torch.stack(torch.broadcast_tensors(grid_x.unsqueeze(1), grid_y.unsqueeze(2)), dim=-1)  # (B, H, W, 2)
+    partners = inputs.index_select(0, index).to(work)
+    thumbs = F.grid_sample(partners, grid, mode="bilinear", padding_mode="border", align_corners=False)
     keep = ~(in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)
-    mixed = torch.where(keep, inputs, thumbs)
+    mixed = torch.where(keep, inputs, _to_dtype_of(thumbs, inputs))
     lam = (1.0 - (h * w).to(wide) / (height * width)).float()
     return mixed, lam
 
@@ -594,9 +622,11 @@ def resize_paste(
 class ResizeMix(BatchMixer):
     """ResizeMix (Qin et al. 2020): paste the whole partner, shrunk to ``tau * H x tau * W``.
 
-    ``tau ~ U(scale)``; the thumbnail (nearest-neighbour resize) goes at a uniform random place and
-    lam = 1 - pasted area / image area, from the integer thumbnail size. 2D images (B, C, H, W),
-    any dtype (uint8 included).
+    ``tau ~ U(scale)``; the thumbnail (a bilinear resize without antialiasing, as mmpretrain's
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``; integer images are resampled in
+    float32 and rounded back) goes at a uniform random place and lam = 1 - pasted area / image
+    area, from the integer thumbnail size. 2D images (B, C, H, W), any dtype (uint8 included).
+    Outside the thumbnail each pixel is the sample's own, bit for bit.
 
     Args:
         scale: range of the thumbnail side ratio tau ((0.1, 0.8) in the paper).
@@ -614,7 +644,6 @@ class ResizeMix(BatchMixer):
         bandwidth: float = 1.0,
     ) -> None:
         super().__init__(1.0, mode, pairing, bandwidth)
-        self._copy_box_on_cpu = True  # tests switch the CPU batch-mode fast path off to compare
         low, high = float(scale[0]), float(scale[1])
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"ResizeMix: scale must satisfy 0 < low <= high <= 1, got {scale}.")
@@ -627,17 +656,19 @@ class ResizeMix(BatchMixer):
         _spatial_dims(inputs, "ResizeMix", allowed=(2,))
 
     def _paste_box_cpu(self, inputs, index, tau, generator):
-        """Batch mode on CPU, where reading the paste size costs no device sync: resize and copy
-        the one box only. Same draws and same pixels as :func:`resize_paste`."""
+        """Batch mode on CPU, where reading the paste size costs no device sync: resize the
+        partners to the one box size with ``F.interpolate`` and copy the box only. Same draws and
+        same box as :func:`resize_paste`; the thumbnails agree with its ``grid_sample`` to float
+        rounding."""
         b, _, height, width = inputs.shape
         h = min(max(round(float(tau) * height), 1), height)
         w = min(max(round(float(tau) * width), 1), width)
         corner_y, corner_x = torch.rand((1, 2), generator=generator, dtype=torch.float64)[0].tolist()
         top, left = math.floor(corner_y * (height - h + 1)), math.floor(corner_x * (width - w + 1))
-        src_y = torch.div(torch.arange(h) * height, h, rounding_mode="floor")
-        src_x = torch.div(torch.arange(w) * width, w, rounding_mode="floor")
-        thumbs = inputs.index_select(2, src_y).index_select(3, src_x).index_select(0, index)
-        mixed = _memory.clone(inputs)
+        work = inputs.dtype if inputs.is_floating_point() else torch.float32
+        small = F.interpolate(inputs.to(work), size=(h, w), mode="bilinear", align_corners=False)
+        thumbs = _to_dtype_of(small, inputs).index_select(0, index)  # resize first: gather the small thumbnails
+        mixed = inputs.clone()
         box = mixed[:, :, top : top + h, left : left + w]
         paired = (index != torch.arange(b)).view(-1, 1, 1, 1)
         box.copy_(torch.where(paired, thumbs, box))
@@ -653,7 +684,7 @@ class ResizeMix(BatchMixer):
 
     def mix_inputs(self, inputs, index, lam, generator):
         tau = (1.0 - lam).clamp_min(0).sqrt()
-        if self.mode == "batch" and inputs.device.type == "cpu" and self._copy_box_on_cpu:
+        if self.mode == "batch" and inputs.device.type == "cpu":
             return self._paste_box_cpu(inputs, index, tau[0], generator)
         # pasting a sample's own thumbnail onto itself would change it: no paste for self-pairs
         tau = torch.where(index == torch.arange(index.shape[0], device=index.device), 0.0, tau)

@@ -1,7 +1,16 @@
 """SaliencyMix (Uddin et al. 2021): CutMix whose box is centred on the partner's most salient pixel.
 
-Saliency is the spectral residual of Hou and Zhang (CVPR 2007), computed in torch for the whole
-batch at once (the authors call OpenCV's ``StaticSaliencySpectralResidual`` image by image).
+Saliency here is the spectral residual of Hou and Zhang (CVPR 2007), as OpenCV's
+``StaticSaliencySpectralResidual`` computes it, in torch for the whole batch at once.
+
+Departure from the authors: their code (SaliencyMix_CIFAR/saliencymix.py and the ImageNet
+train.py of afm-shahab-uddin/SaliencyMix) calls OpenCV's ``StaticSaliencyFineGrained_create()``
+(Montabone and Soto 2010, centre-surround differences over integral images), one image at a time
+on the CPU, on the normalised float tensor. We use the spectral residual instead because it is a
+few FFTs that run batched on the inputs' device with no host round trip, and the paper discusses
+the spectral residual among the saliency detectors it could use. On synthetic images with one
+textured patch on a smooth background our peak falls in the patch at least as often as OpenCV's
+spectral residual (tests/unit/mixing/test_mixing_saliency.py; figures in docs/guide/mixing.md).
 """
 
 from __future__ import annotations
@@ -23,10 +32,14 @@ def _gaussian_weights(size: int, sigma: float) -> list[float]:
 def spectral_residual_saliency(images: torch.Tensor, working_size: int = 64) -> torch.Tensor:
     """Spectral-residual saliency maps (B, H, W) of images (B, C, H, W), float32.
 
-    Steps (Hou and Zhang 2007): grey image (channel mean) resized to ``working_size`` squared;
-    log amplitude spectrum ``L`` and phase ``P``; spectral residual ``R = L - mean3x3(L)``
-    (3x3 mean with replicated borders); saliency ``|IFFT(exp(R + iP))|^2`` smoothed by a 5x5 Gaussian (sigma 8, as OpenCV's
-    implementation); resized back to (H, W) bilinearly. Any image dtype is accepted.
+    The steps of Hou and Zhang (CVPR 2007) as OpenCV's ``StaticSaliencySpectralResidual`` computes
+    them: grey image (here the channel mean; OpenCV weights B, G, R) resized bilinearly to
+    ``working_size`` squared; log amplitude ``L = log(1 + |F|)`` and phase ``P`` of its spectrum; spectral
+    residual ``R = L - mean3x3(L)``, the 3x3 mean with reflected borders (OpenCV's
+    ``BORDER_REFLECT_101``: the unshifted spectrum's DC term sits in a corner, and replicated
+    borders would copy it into the padding and pull the peak to the image border); magnitude
+    ``|IFFT(exp(R + iP))|`` blurred by a 5x5 Gaussian (sigma 8, reflected borders) and squared
+    after the blur; resized back to (H, W) bilinearly. Any image dtype is accepted.
     """
     if images.dim() != 4:
         raise ValueError(f"saliency needs images (B, C, H, W), got shape {tuple(images.shape)}.")
@@ -34,14 +47,18 @@ def spectral_residual_saliency(images: torch.Tensor, working_size: int = 64) -> 
     grey = images.float().mean(dim=1, keepdim=True)
     small = F.interpolate(grey, size=(working_size, working_size), mode="bilinear", align_corners=False)
     spectrum = torch.fft.fft2(small[:, 0])
-    log_amp = 0.5 * torch.log(_power(spectrum).clamp_min(1e-24))
-    padded = F.pad(log_amp.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
-    # exp(R + iP) = |F| exp(-mean3x3(L)) exp(iP) = F * exp(-mean3x3(L)): a real rescaling of the
-    # spectrum, which spares the (slow on CPU) complex abs/angle/polar round trip
-    weight = torch.exp(_blur(padded, [-1.0 / 3, -1.0 / 3, -1.0 / 3], [1.0 / 3, 1.0 / 3, 1.0 / 3]).squeeze(1))
-    saliency = _power(torch.fft.ifft2(spectrum * weight))
+    amplitude = _power(spectrum).sqrt()
+    log_amp = torch.log1p(amplitude)  # OpenCV takes log(1 + |F|)
+    padded = F.pad(log_amp.unsqueeze(1), (1, 1, 1, 1), mode="reflect")  # reflect without the edge: REFLECT_101
+    # exp(R + iP) = (1 + |F|) exp(-mean3x3(L)) F / |F|: a real rescaling of the spectrum, which
+    # spares the (slow on CPU) complex angle/polar round trip
+    mean_log = _blur(padded, [1.0 / 3, 1.0 / 3, 1.0 / 3], [1.0 / 3, 1.0 / 3, 1.0 / 3]).squeeze(1)
+    residual_amp = torch.exp(log_amp - mean_log)
+    rescaled = spectrum * (residual_amp / amplitude.clamp_min(1e-30))
+    rescaled = torch.where(amplitude > 0, rescaled, residual_amp.to(rescaled.dtype))  # |F| = 0: phase 0, as OpenCV
+    magnitude = _power(torch.fft.ifft2(rescaled)).sqrt()
     gauss = _gaussian_weights(5, 8.0)
-    smoothed = _blur(F.pad(saliency.unsqueeze(1), (2, 2, 2, 2), mode="replicate"), gauss, gauss)
+    smoothed = _blur(F.pad(magnitude.unsqueeze(1), (2, 2, 2, 2), mode="reflect"), gauss, gauss).square()
     return F.interpolate(smoothed, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 

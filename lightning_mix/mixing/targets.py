@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["dense_targets", "mix_targets"]
+
 
 def dense_targets(
     labels: torch.Tensor,
@@ -40,6 +42,7 @@ def dense_targets(
                     "labels must lie in [0, num_classes). Check num_classes or the data's labels."
                 )
         else:  # no host sync on accelerators: the check fails asynchronously on the device
+            # private: torch has no public device-side assertion that avoids a host sync
             torch._assert_async(in_range, f"a label is out of range for num_classes={num_classes}")
     off = label_smoothing / num_classes
     on = 1.0 - label_smoothing + off

@@ -11,6 +11,8 @@ from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import mixup_ndcg_loss, mixup_ranking_loss, soft_cross_entropy
 from lightning_mix.mixing import Mixup
 
+__all__ = ["RankMixupMixin"]
+
 LOSSES = ("mrl", "mndcg")
 _CHECKPOINT_KEY = "rank_mixup"
 
@@ -69,6 +71,7 @@ class RankMixupMixin:
     rank_mixup_copies: Optional[int] = None
     rank_mixup_mode: str = "batch"
     rank_mixup_seed: Optional[int] = None
+    rank_mixup_stop_epoch: Optional[int] = None
     rank_mixup_input_key: BatchKey = 0
     rank_mixup_target_key: BatchKey = 1
 
@@ -83,6 +86,7 @@ class RankMixupMixin:
         seed: Optional[int] = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
+        stop_epoch: Optional[int] = None,
     ) -> None:
         """Set RankMixup's options (call it in ``__init__``); the defaults are the authors' CIFAR settings.
 
@@ -96,6 +100,8 @@ class RankMixupMixin:
             seed: seed of the mixing stream; None takes ``torch.initial_seed()`` at the first step.
             input_key: index or key of the inputs in the batch.
             target_key: index or key of the labels in the batch.
+            stop_epoch: from this epoch on the step is plain CE on the clean batch (no mixed
+                forward; ``train/rank_loss`` logs 0); None mixes throughout.
         """
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
@@ -107,6 +113,8 @@ class RankMixupMixin:
             raise ValueError(f"copies must be at least 1, got {copies}.")
         if mode not in ("batch", "elem"):
             raise ValueError(f"mode must be 'batch' or 'elem', got {mode!r}.")
+        if stop_epoch is not None and stop_epoch < 0:
+            raise ValueError(f"stop_epoch must be a non-negative epoch number or None, got {stop_epoch}.")
         self.rank_mixup_loss = loss
         self.rank_mixup_weight = weight
         self.rank_mixup_margin = margin
@@ -116,6 +124,7 @@ class RankMixupMixin:
         self.rank_mixup_seed = seed
         self.rank_mixup_input_key = input_key
         self.rank_mixup_target_key = target_key
+        self.rank_mixup_stop_epoch = stop_epoch
 
     # -- the step --------------------------------------------------------------------------------
 
@@ -149,11 +158,15 @@ class RankMixupMixin:
     def rank_mixup_losses(self, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the clean and mixed forwards; return ``loss``, ``ce``, ``rank_loss`` and the clean ``logits``."""
         batch_size = inputs.shape[0]
+        logits = self(inputs)
+        ce = soft_cross_entropy(logits, labels)
+        stopped = self.rank_mixup_stop_epoch is not None and self.current_epoch >= self.rank_mixup_stop_epoch
+        if stopped:
+            self.rank_mixup_index, self.rank_mixup_lam = None, None
+            return {"loss": ce, "ce": ce, "rank_loss": ce.new_zeros(()), "logits": logits}
         index, lam = self.rank_mixup_draw(batch_size, inputs.device)
         self.rank_mixup_index, self.rank_mixup_lam = index, lam
         copies = index.shape[0]
-        logits = self(inputs)
-        ce = soft_cross_entropy(logits, labels)
         if self.rank_mixup_weight == 0:
             zero = ce.new_zeros(())
             return {"loss": ce, "ce": ce, "rank_loss": zero, "logits": logits}

@@ -1,7 +1,8 @@
-"""The ``lightning-mix`` command: every preset in callbacks/ composes with a config and runs; the main job parses and tests."""
+"""The ``lightning-mix`` command: every documented --config combination builds one of each callback and runs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,83 @@ def test_there_is_a_preset_for_every_public_callback():
     assert not missing, f"callbacks without a preset in callbacks/: {sorted(missing)}"
 
 
+BASE = ROOT / "examples" / "mnist5k.yaml"
+MAIN_JOB = ROOT / "examples" / "main_job.yaml"
+# a few batches of everything: the combinations are checked for what they build, not for accuracy
+TINY_RUN = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.logger=false",
+]
+MIXING_CALLBACKS = {"MixingCallback", "ManifoldMixup", "RegMixup"}
+
+
+def config_callbacks(path: Path) -> list[str]:
+    """Class names a config adds (``trainer.callbacks+``) or sets (``trainer.callbacks``)."""
+    trainer = yaml.safe_load(path.read_text()).get("trainer") or {}
+    entries = (trainer.get("callbacks") or []) + (trainer.get("callbacks+") or [])
+    return [entry["class_path"].rsplit(".", 1)[-1] for entry in entries]
+
+
+def documented_combinations() -> list[tuple[str, ...]]:
+    """Every ``lightning-mix fit --config A --config B ...`` written in the presets, the examples and
+    the mixing guide pages (the combinations users are told to run)."""
+    sources = [*PRESETS, *sorted((ROOT / "examples").glob("*.yaml"))]
+    guides = (ROOT / "docs" / "guide" / "mixing.md", ROOT / "docs" / "guide" / "model_mixing.md")
+    sources += [p for p in guides if p.exists()]
+    found = set()
+    for path in sources:
+        for match in re.finditer(r"lightning-mix fit((?: --config [\w/.-]+\.yaml)+)", path.read_text()):
+            found.add(tuple(match.group(1).split()[1::2]))
+    return sorted(found)
+
+
+def lightning_mix_callbacks(trainer) -> list[str]:
+    return [type(cb).__name__ for cb in trainer.callbacks if type(cb).__module__.startswith("lightning_mix.")]
+
+
+def test_the_base_config_holds_no_callback_that_a_preset_provides():
+    """The composition rule: presets append (``callbacks+``) to a base that has none of theirs."""
+    assert config_callbacks(BASE) == []
+    for preset in PRESETS:
+        assert "callbacks" not in (yaml.safe_load(preset.read_text()).get("trainer") or {}), (
+            f"{preset.name} sets trainer.callbacks (replacing the list); write it as trainer.callbacks+"
+        )
+
+
+def test_every_preset_combination_in_the_docs_is_tested():
+    combos = documented_combinations()
+    singles = {("examples/mnist5k.yaml", f"callbacks/{p.name}") for p in PRESETS}
+    assert singles <= set(combos), f"presets without a documented composition: {sorted(singles - set(combos))}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_preset_composes_with_a_config_and_fits(preset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("configs", documented_combinations(), ids=lambda c: "+".join(Path(p).stem for p in c))
+def test_documented_combination_builds_exactly_one_of_each_callback(configs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", "--config", str(TINY), "--config", str(preset)])
-    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
-    for expected in preset_classes(preset):
-        assert expected in names, f"{preset.name} did not add {expected}: {names}"
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", str(ROOT / config)]
+    cli = run_cli(args + TINY_RUN)
+    expected = sorted(name for config in configs for name in config_callbacks(ROOT / config))
+    assert sorted(lightning_mix_callbacks(cli.trainer)) == expected
+    assert len(set(expected)) == len(expected), f"{configs} stacks a callback twice: {expected}"
     assert cli.trainer.state.finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "second",
+    ["callbacks/cutmix.yaml", "callbacks/manifold_mixup.yaml", "examples/main_job.yaml"],
+)
+def test_two_mixing_configs_are_refused_before_training(second, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mixup = ROOT / "callbacks" / "mixup.yaml"
+    args = ["fit", "--config", str(BASE), "--config", str(mixup), "--config", str(ROOT / second)]
+    with pytest.raises(ValueError, match=r"2 mixing callbacks \(.*\).*Keep one"):
+        run_cli(args + TINY_RUN)
 
 
 @pytest.mark.slow
@@ -45,7 +114,9 @@ def test_main_job_config_trains_and_tests(tmp_path, monkeypatch):
         [
             "fit",
             "--config",
-            str(ROOT / "examples" / "mnist5k.yaml"),
+            str(BASE),
+            "--config",
+            str(MAIN_JOB),
             "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=3",
             "--trainer.limit_val_batches=1",

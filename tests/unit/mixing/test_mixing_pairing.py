@@ -151,18 +151,20 @@ def test_spectral_residual_finds_the_odd_blob():
 
 @pytest.mark.parametrize("shape", [(6, 3, 32, 32), (3, 1, 48, 40), (2, 3, 90, 100)])
 def test_spectral_residual_matches_textbook_formulation(shape):
-    """exp(R + iP) with abs/angle/polar, a 3x3 average pool and a 5x5 Gaussian convolution."""
+    """OpenCV's steps (staticSaliencySpectralResidual.cpp) written plainly: L = log(1 + |F|), a 3x3
+    average pool with reflect-101 borders, exp(R + iP) with abs/angle/polar, |IFFT| blurred by a
+    5x5 Gaussian convolution with reflect-101 borders, squared after the blur."""
     import torch.nn.functional as F
 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     grey = F.interpolate(x.mean(1, keepdim=True), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     spec = torch.fft.fft2(grey)
-    log_amp, phase = torch.log(spec.abs()), torch.angle(spec)
-    residual = log_amp - F.avg_pool2d(F.pad(log_amp.unsqueeze(1), (1, 1, 1, 1), mode="replicate"), 3, stride=1)[:, 0]
-    sal = torch.fft.ifft2(torch.exp(residual) * torch.exp(1j * phase)).abs() ** 2
+    log_amp, phase = torch.log1p(spec.abs()), torch.angle(spec)
+    residual = log_amp - F.avg_pool2d(F.pad(log_amp.unsqueeze(1), (1, 1, 1, 1), mode="reflect"), 3, stride=1)[:, 0]
+    sal = torch.fft.ifft2(torch.exp(residual) * torch.exp(1j * phase)).abs()
     g = torch.exp(-((torch.arange(5.0) - 2) ** 2) / (2 * 8.0**2))
     kernel = (g.view(-1, 1) * g.view(1, -1)) / g.sum() ** 2
-    sal = F.conv2d(F.pad(sal.unsqueeze(1), (2, 2, 2, 2), mode="replicate"), kernel.view(1, 1, 5, 5))
+    sal = F.conv2d(F.pad(sal.unsqueeze(1), (2, 2, 2, 2), mode="reflect"), kernel.view(1, 1, 5, 5)) ** 2
     expected = F.interpolate(sal, size=shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     ours = spectral_residual_saliency(x)
     torch.testing.assert_close(ours / expected.amax(), expected / expected.amax(), atol=1e-5, rtol=1e-4)

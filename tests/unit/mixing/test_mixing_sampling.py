@@ -33,6 +33,24 @@ def test_sample_beta_small_alpha_moments(a):
     assert abs(frac - 2 * ref.cdf(0.01)) < 0.01
 
 
+@pytest.mark.parametrize("a,b", [(0.05, 0.05), (0.1, 0.1), (0.2, 0.2), (0.1, 0.3)])
+def test_sample_beta_small_alpha_matches_scipy_in_float64(a, b):
+    """Regression: the draws were computed in float32, which put 9.7% of Beta(0.1, 0.1) at exactly 1.0.
+
+    Against scipy's own float64 draws (two-sample KS): a continuous-CDF KS test cannot be used at
+    small alpha, because the true distribution puts mass within float64 rounding of 1 (1.3% at
+    alpha 0.1), which scipy's draws round to 1.0 too. The float32 draws are the same draws rounded."""
+    x = sample_beta(a, b, 40000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert x.dtype == torch.float64
+    reference = scipy.stats.beta(a, b).rvs(40000, random_state=np.random.default_rng(0))
+    assert scipy.stats.ks_2samp(x.numpy(), reference).pvalue > 1e-3
+    lower = x[x < 0.5].numpy()  # the lower tail is exact in float: a one-sample KS on it
+    ref = scipy.stats.beta(a, b)
+    assert scipy.stats.kstest(lower, lambda t: ref.cdf(t) / ref.cdf(0.5)).pvalue > 1e-3
+    rounded = sample_beta(a, b, 40000, generator=torch.Generator().manual_seed(3))
+    assert rounded.dtype == torch.float32 and torch.equal(rounded, x.float())
+
+
 def test_sample_beta_reproducible_and_validated():
     a = sample_beta(1.0, 1.0, 100, torch.Generator().manual_seed(1))
     b = sample_beta(1.0, 1.0, 100, torch.Generator().manual_seed(1))
