@@ -123,7 +123,7 @@ def child(mode: str, paths: list[str], density: float, out: str) -> None:
         return
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     import lightning_mix.averaging  # noqa: F401  (same imports in every child)
-    from lightning_mix.averaging.merging.io import limit_heap_growth
+    from lightning_mix.merging.sources import limit_heap_growth
 
     limit_heap_growth()  # as `lightning-mix merge` does; the same allocator setting for every run
 

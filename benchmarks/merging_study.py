@@ -43,7 +43,7 @@ from lightning_mix.averaging import (
     weight_matching,
     weighted_average,
 )
-from lightning_mix.averaging.merging import adamerging
+from lightning_mix.merging import adamerging
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
 MEAN, STD = 0.1307, 0.3081

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lightning_mix.averaging.merging import (
+from lightning_mix.merging import (
     MergeError,
     consensus_merge,
     dare,
@@ -36,7 +36,7 @@ from lightning_mix.averaging.merging import (
     ties_merge,
     weighted_average,
 )
-from lightning_mix.averaging.merging.io import limit_heap_growth, load_checkpoint_lazy
+from lightning_mix.merging.sources import limit_heap_growth, load_checkpoint_lazy
 
 __all__ = ["merge_main", "soup_main", "build_merge_parser", "build_soup_parser", "save_atomically"]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_mix.averaging.merging import consensus_merge, dare, model_stock, ties_merge, weighted_average
+from lightning_mix.merging import consensus_merge, dare, model_stock, ties_merge, weighted_average
 from lightning_mix.demos import SmallCNN
 from lightning_mix.cli.merge import merge_main
 
