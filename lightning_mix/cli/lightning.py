@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 __all__ = ["LightningMixCLI", "build_parser", "close_process_group", "main", "run_cli"]
@@ -27,6 +27,20 @@ class LightningMixCLI(LightningCLI):
             default=True,
             help="After fit, run the test loop on the datamodule's test data and print the metrics.",
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse ``args`` when given (the dispatcher's), without LightningCLI's warning about ``sys.argv``.
+
+        ``lightning-mix`` always hands LightningCLI the arguments it should parse (the ``soup``
+        command builds its own), so the warning about also having command-line arguments would
+        be printed on every normal invocation.
+        """
+        if args is None:
+            super().parse_arguments(parser, args)
+        elif isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
 
     def after_fit(self) -> None:
         """Run the test loop after fit unless ``--test_after_fit false`` or the fit was interrupted."""
@@ -85,10 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     """Run ``argv`` (the subcommand first) and close a leftover process group, also after an error."""
-    # LightningCLI warns when given args equal to the command line: let it read sys.argv itself then
-    args = None if list(argv) == sys.argv[1:] else list(argv)
     try:
-        build_cli(args)
+        build_cli(list(argv))
     except BaseException:
         close_process_group(wait_for_other_ranks=False)  # the other ranks may never reach a barrier
         raise
