@@ -35,13 +35,13 @@ __all__ = ["ConsensusParams", "consensus", "tall_masks", "consensus_mask"]
 
 
 def tall_masks(tau: Tensor, mask_lam: float | Sequence[float] = 0.4, tau_mtl: Tensor | None = None) -> Tensor:
-    """Per-task masks ``|tau_t| >= lam_t |tau_MTL - tau_t|`` for task vectors ``tau`` (T, ...)."""
+    """Per-task masks ``|tau_t| > lam_t |tau_MTL - tau_t|`` for task vectors ``tau`` (T, ...)."""
     if tau_mtl is None:
         tau_mtl = tau.sum(dim=0)
     lams = torch.as_tensor(mask_lam, dtype=tau.dtype, device=tau.device).reshape(-1, *([1] * (tau.dim() - 1)))
     if lams.shape[0] not in (1, tau.shape[0]):
         raise MergeError(f"got {lams.shape[0]} mask_lam values for {tau.shape[0]} tasks; pass one or one per task")
-    return tau.abs() >= lams * (tau_mtl - tau).abs()
+    return tau.abs() > lams * (tau_mtl - tau).abs()
 
 
 def consensus_mask(tau: Tensor, k: int = 2, mask_lam: float | Sequence[float] = 0.4, tau_mtl: Tensor | None = None) -> Tensor:

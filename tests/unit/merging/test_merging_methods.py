@@ -167,7 +167,8 @@ def test_pcb_weights_hand_worked():
 def test_tall_and_consensus_masks_hand_worked():
     tau = torch.tensor([[1.0, 0.1, 2.0, 0.0], [1.0, 3.0, -2.0, 0.05], [0.1, 0.1, 0.0, 0.05]])
     masks = tall_masks(tau, mask_lam=0.5)
-    assert masks.tolist() == [[True, False, True, False], [True, True, True, True], [False, False, True, True]]
+    # strict '>' as the authors: task 3's untouched entry (0 against 0) is in no mask
+    assert masks.tolist() == [[True, False, True, False], [True, True, True, True], [False, False, False, True]]
     assert consensus_mask(tau, k=2, mask_lam=0.5).tolist() == [True, False, True, True]
     base = {"w": torch.ones(4)}
     out = consensus(base, [{"w": 1 + t} for t in tau], k=2, mask_lam=0.5, lam=0.5)["w"]
