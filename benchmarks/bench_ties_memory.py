@@ -5,7 +5,7 @@ like a transformer: embedding, attention and MLP matrices, biases, norms) to a t
 runs, each in a fresh subprocess so that peak resident memory (``VmHWM``) is its own:
 
 - ``import``: Python + torch + lightning_mix imported, nothing else (the floor every run pays);
-- ``streaming``: ``lightning_mix.averaging.ties_merge`` over the memory-mapped files, one tensor at a
+- ``streaming``: ``lightning_mix.merging.ties`` over the memory-mapped files, one tensor at a
   time, then ``torch.save`` of the result (what ``lightning-mix merge`` does);
 - ``flattening``: the usual whole-model approach (as in FusionBench-style scripts): load every
   state dict, flatten each into one vector, stack the task vectors, trim with a global top-k per
@@ -72,9 +72,9 @@ def write_models(folder: str, params: int, width: int, models: int) -> list[str]
 
 def run_streaming(paths: list[str], density: float, out: str) -> None:
     import torch
-    from lightning_mix.averaging import ties_merge
+    from lightning_mix.merging import ties
 
-    merged = ties_merge(paths[0], paths[1:], density=density, lam=1.0)
+    merged = ties(paths[0], paths[1:], density=density, lam=1.0)
     torch.save({"state_dict": merged}, out)
 
 
@@ -123,9 +123,8 @@ def child(mode: str, paths: list[str], density: float, out: str) -> None:
         return
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     import lightning_mix.averaging  # noqa: F401  (same imports in every child)
-    from lightning_mix.merging.sources import limit_heap_growth
-
-    limit_heap_growth()  # as `lightning-mix merge` does; the same allocator setting for every run
+    # glibc's allocator setting is the environment's (MALLOC_MMAP_THRESHOLD_=131072 fixes it for every
+    # run alike); the library no longer changes it
 
     start = time.perf_counter()
     if mode == "streaming":
