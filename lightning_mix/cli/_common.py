@@ -22,7 +22,7 @@ def check_inputs_and_output(prog: str, inputs: Sequence[str], output: str, overw
     for path in inputs:
         p = Path(path)
         if p.is_dir():
-            fail(prog, f"{path!r} is a directory; pass the checkpoint files inside it (e.g. {path}/*.ckpt)")
+            fail(prog, f"{path!r} is a directory; pass the checkpoint files inside it (e.g. {path.rstrip('/')}/*.ckpt)")
         if not p.is_file():
             fail(prog, f"checkpoint {path!r} does not exist")
     try:
