@@ -6,13 +6,6 @@ TIES, DARE, ...) is :mod:`lightning_mix.merging`.
 """
 
 from lightning_mix.averaging.batchnorm import recalibrate_batchnorm
-from lightning_mix.averaging.soups import (
-    GreedySoup,
-    greedy_soup,
-    load_ingredient,
-    save_ingredient,
-    uniform_soup,
-)
 from lightning_mix.averaging.ema import (
     averaging_copy,
     averaging_tensors,
@@ -20,8 +13,15 @@ from lightning_mix.averaging.ema import (
     ema_update_,
     running_mean_update_,
 )
-from lightning_mix.averaging.schedules import ema_decay_at, ema_warmup_decay
 from lightning_mix.averaging.permutation import PermutationSpec, infer_permutation_spec, weight_matching
+from lightning_mix.averaging.schedules import ema_decay_at, ema_warmup_decay
+from lightning_mix.averaging.soups import (
+    GreedySoup,
+    greedy_soup,
+    load_ingredient,
+    save_ingredient,
+    uniform_soup,
+)
 
 __all__ = [
     "GreedySoup",

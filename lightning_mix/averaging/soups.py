@@ -26,7 +26,12 @@ from typing import Any, Union
 
 import torch
 
-from lightning_mix.checkpoint_io import check_compatible, extract_state_dict, load_checkpoint, save_checkpoint_atomically
+from lightning_mix.checkpoint_io import (
+    check_compatible,
+    extract_state_dict,
+    load_checkpoint,
+    save_checkpoint_atomically,
+)
 
 __all__ = [
     "Ingredient",

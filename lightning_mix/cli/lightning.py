@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 import torch.distributed as dist
-from lightning.pytorch import LightningDataModule, LightningModule
 from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 __all__ = ["LightningMixCLI", "build_parser", "close_process_group", "main", "run_cli"]

@@ -47,7 +47,13 @@ from lightning_mix.merging.registry import check_param_names
 __all__ = ["build_parser", "main"]
 
 PROG = "lightning-mix merge"
-_DTYPES = {"keep": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_DTYPES = {
+    "keep": None,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 def _flag(name: str) -> str:
@@ -75,6 +81,7 @@ def _takes_many(hint: Any) -> bool:
 
 def _convert(name: str, values: Sequence[str], hint: Any) -> Any:
     """Turn the strings given for a parameter into the type its dataclass field declares."""
+
     def scalar(value: str, kind: Any) -> Any:
         if kind is bool:
             if value.lower() in ("true", "1", "yes"):
@@ -123,23 +130,39 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Merge checkpoints of one architecture, streaming one tensor at a time (float32 arithmetic).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="methods:\n" + "\n".join(
+        epilog="methods:\n"
+        + "\n".join(
             f"  {m.name:<17} {m.summary}{' (needs --base)' if m.needs_base else ''}"
             for m in sorted(REGISTRY.values(), key=lambda m: m.name)
         ),
     )
-    p.add_argument("--method", required=True, choices=sorted(REGISTRY), metavar="METHOD",
-                   help="merge method: " + ", ".join(sorted(REGISTRY)) + " (see below)")
-    p.add_argument("--base", help="base (pre-trained) checkpoint the task vectors are taken from; required by "
-                   + ", ".join(m.name for m in REGISTRY.values() if m.needs_base))
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=sorted(REGISTRY),
+        metavar="METHOD",
+        help="merge method: " + ", ".join(sorted(REGISTRY)) + " (see below)",
+    )
+    p.add_argument(
+        "--base",
+        help="base (pre-trained) checkpoint the task vectors are taken from; required by "
+        + ", ".join(m.name for m in REGISTRY.values() if m.needs_base),
+    )
     p.add_argument("--models", nargs="+", required=True, help="checkpoints to merge (fine-tuned models)")
     p.add_argument("--output", required=True, help="where to write the merged checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--include", nargs="+", help="glob patterns of tensor names to merge (others copied from the base)")
     p.add_argument("--exclude", nargs="+", help="glob patterns of tensor names not to merge (copied from the base)")
-    p.add_argument("--override", action="append", default=[], metavar="PATTERN:KEY=VALUE",
-                   help="per-name parameter, repeatable: --override 'head.*:lam=0' --override '*.bias:density=1'")
-    p.add_argument("--dtype", choices=list(_DTYPES), default="keep", help="output dtype of merged tensors (keep the base's)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="PATTERN:KEY=VALUE",
+        help="per-name parameter, repeatable: --override 'head.*:lam=0' --override '*.bias:density=1'",
+    )
+    p.add_argument(
+        "--dtype", choices=list(_DTYPES), default="keep", help="output dtype of merged tensors (keep the base's)"
+    )
     p.add_argument("--device", default="cpu", help="device for the per-tensor arithmetic (cpu)")
     p.add_argument("--quiet", action="store_true", help="no per-tensor progress on stderr")
     extras = sorted({key for m in REGISTRY.values() for key in m.extra_inputs})
@@ -152,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         many = any(_takes_many(h) for h in hints)
         parts = [f"{m.name}: {f.metadata.get('doc', '')} [{f.default}]" for m, f in entries]
         metavar = _describe(hints[0]).replace(" [N ...]", "").replace(" (one per model)", "")
-        group.add_argument(_flag(name), dest=f"param_{name}", nargs="+" if many else 1, metavar=metavar,
-                           help="; ".join(parts))
+        group.add_argument(
+            _flag(name), dest=f"param_{name}", nargs="+" if many else 1, metavar=metavar, help="; ".join(parts)
+        )
     return p
 
 
@@ -174,11 +198,13 @@ def _parse_overrides(items: list[str], method: MergeMethod) -> dict[str, dict[st
 def _method_params(args: argparse.Namespace, method: MergeMethod) -> Any:
     hints = _hints(method.params)
     own = {f.name for f in dataclasses.fields(method.params)}
-    given = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    given = {k[len("param_") :]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     stray = sorted(set(given) - own)
     if stray:
         takes = ", ".join(_flag(n) for n in sorted(own)) or "no parameters"
-        raise MergeError(f"{', '.join(_flag(n) for n in stray)} is not an option of --method {method.name} (it takes {takes})")
+        raise MergeError(
+            f"{', '.join(_flag(n) for n in stray)} is not an option of --method {method.name} (it takes {takes})"
+        )
     return method.params(**{k: _convert(k, v, hints[k]) for k, v in given.items()})
 
 
@@ -205,7 +231,9 @@ def main(argv: list[str]) -> None:
     for key, files in extra_files.items():
         if not files:
             parser.error(f"--method {method.name} needs {_flag(key)} (one file per model)")
-    stray_extras = [k for k in {x for m in REGISTRY.values() for x in m.extra_inputs} if getattr(args, k) and k not in extra_files]
+    stray_extras = [
+        k for k in {x for m in REGISTRY.values() for x in m.extra_inputs} if getattr(args, k) and k not in extra_files
+    ]
     if stray_extras:
         parser.error(f"{_flag(stray_extras[0])} is not an input of --method {method.name}")
     inputs = [*([args.base] if args.base else []), *args.models, *[f for fs in extra_files.values() for f in fs]]
@@ -227,7 +255,11 @@ def main(argv: list[str]) -> None:
         fail(PROG, str(err))
     meta = checkpoint_metadata(first)
     if meta is not None:
-        checkpoint: dict[str, Any] = {**meta, "state_dict": merged, "merge": _merge_record(args, method, params, overrides)}
+        checkpoint: dict[str, Any] = {
+            **meta,
+            "state_dict": merged,
+            "merge": _merge_record(args, method, params, overrides),
+        }
     else:
         checkpoint = merged
     save_checkpoint_atomically(checkpoint, output)

@@ -47,16 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a model soup from checkpoints of separate runs, scored on the datamodule's validation data.",
     )
     p.add_argument("--models", nargs="+", required=True, help="checkpoints of one architecture (separate runs)")
-    p.add_argument("--config", action="append", required=True,
-                   help="LightningCLI YAML with the model and data (repeatable, later files override earlier ones)")
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="LightningCLI YAML with the model and data (repeatable, later files override earlier ones)",
+    )
     p.add_argument("--output", required=True, help="where to write the soup checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--recipe", choices=["greedy", "uniform"], default="greedy", help="soup recipe (greedy)")
     p.add_argument("--metric", default="val/acc", help="logged validation metric the greedy recipe ranks by (val/acc)")
     p.add_argument("--mode", choices=["max", "min"], default="max", help="max if larger is better (max)")
-    p.add_argument("--strict", action="store_true", help="greedy: add an ingredient only if the metric strictly improves")
-    p.add_argument("--recalibrate-bn", action="store_true",
-                   help="recompute BatchNorm statistics on the training data before each evaluation")
+    p.add_argument(
+        "--strict", action="store_true", help="greedy: add an ingredient only if the metric strictly improves"
+    )
+    p.add_argument(
+        "--recalibrate-bn",
+        action="store_true",
+        help="recompute BatchNorm statistics on the training data before each evaluation",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-candidate metric on stderr")
     return p
 
@@ -81,7 +90,11 @@ def main(argv: list[str]) -> None:
     cli_args: list[str] = []
     for cfg in args.config:
         cli_args += ["--config", cfg]
-    cli_args += ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    cli_args += [
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
     cli = build_cli(cli_args, run=False, save_config_callback=None)
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
     if datamodule is None:
@@ -98,8 +111,11 @@ def main(argv: list[str]) -> None:
         model.load_state_dict(state)
         results = trainer.validate(model, datamodule=datamodule, verbose=False)
         if not results or args.metric not in results[0]:
-            fail(PROG, f"validation logged no {args.metric!r}; logged: {sorted(results[0]) if results else []} "
-                 "(choose one with --metric)")
+            fail(
+                PROG,
+                f"validation logged no {args.metric!r}; logged: {sorted(results[0]) if results else []} "
+                "(choose one with --metric)",
+            )
         value = float(results[0][args.metric])
         if not args.quiet:
             print(f"soup: {args.metric} = {value:.4f}", file=sys.stderr)
@@ -112,14 +128,27 @@ def main(argv: list[str]) -> None:
         score = evaluate(state)
         kept = list(range(len(args.models)))
     else:
-        soup = greedy_soup(args.models, evaluate, mode=args.mode, strict=args.strict,
-                           recalibrate=recalibrate if args.recalibrate_bn else None)
+        soup = greedy_soup(
+            args.models,
+            evaluate,
+            mode=args.mode,
+            strict=args.strict,
+            recalibrate=recalibrate if args.recalibrate_bn else None,
+        )
         state, score, kept = dict(soup), soup.metric, list(soup.kept)
     checkpoint: dict[str, Any] = dict(checkpoint_metadata(load_checkpoint(args.models[kept[0]])) or {})
     checkpoint["state_dict"] = {k: v.detach().clone() for k, v in state.items()}
     checkpoint.setdefault("hyper_parameters", dict(getattr(model, "hparams", {})))
-    checkpoint["soup"] = {"recipe": args.recipe, "metric": args.metric, "value": score,
-                          "kept": [args.models[i] for i in kept], "models": list(args.models)}
+    checkpoint["soup"] = {
+        "recipe": args.recipe,
+        "metric": args.metric,
+        "value": score,
+        "kept": [args.models[i] for i in kept],
+        "models": list(args.models),
+    }
     save_checkpoint_atomically(checkpoint, output)
-    print(f"soup: wrote {output} ({args.recipe}, {len(kept)} of {len(args.models)} ingredients, "
-          f"{args.metric} = {score:.4f})", file=sys.stderr)
+    print(
+        f"soup: wrote {output} ({args.recipe}, {len(kept)} of {len(args.models)} ingredients, "
+        f"{args.metric} = {score:.4f})",
+        file=sys.stderr,
+    )

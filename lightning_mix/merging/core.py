@@ -67,7 +67,9 @@ class MergeOptions:
     progress: Progress | None = None
 
 
-def resolve_params(method: MergeMethod, params: Any, num_models: int, overrides: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+def resolve_params(
+    method: MergeMethod, params: Any, num_models: int, overrides: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, Any]:
     """Validate ``params`` and every override against ``method``; return ``{pattern: params}`` per override.
 
     Raises:
@@ -100,7 +102,9 @@ def _check_patterns_match(names: Sequence[str], kind: str, patterns: Iterable[st
     for pattern in patterns or ():
         if not any(fnmatchcase(n, pattern) for n in names):
             sample = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-            raise MergeError(f"{kind} pattern {pattern!r} matches no tensor name (names look like: {sample}); fix the pattern")
+            raise MergeError(
+                f"{kind} pattern {pattern!r} matches no tensor name (names look like: {sample}); fix the pattern"
+            )
 
 
 def merge(
@@ -163,7 +167,9 @@ def merge(
     _check_patterns_match(names, "exclude", exclude_p)
     _check_patterns_match(names, "override", list(overrides))
     if include_p is not None and all(not _matches(n, include_p) or _matches(n, exclude_p) for n in names):
-        raise MergeError("include and exclude leave no tensor to merge; the output would be a copy of the reference model")
+        raise MergeError(
+            "include and exclude leave no tensor to merge; the output would be a copy of the reference model"
+        )
 
     reference = sources[0]
     scratch: dict[str, Any] = dict(method.prepare(extra_sources, params)) if method.prepare is not None else {}

@@ -22,7 +22,14 @@ from torch import Tensor
 
 __all__ = [
     "MergeError",
-    "MergeMethod", "TensorInputs", "REGISTRY", "register", "get_method", "param", "check_param_names"]
+    "MergeMethod",
+    "TensorInputs",
+    "REGISTRY",
+    "register",
+    "get_method",
+    "param",
+    "check_param_names",
+]
 
 
 class MergeError(ValueError):

@@ -92,8 +92,9 @@ def tall_masks(ptm: torch.Tensor, ft: torch.Tensor, tv: torch.Tensor, lam: float
     return (ptm - ft).abs() > (multi - ft).abs() * lam
 
 
-def consensus(ptm: torch.Tensor, ft: torch.Tensor, k: int, mask_lam: float, lam: float, use_ties: bool,
-              density: float) -> torch.Tensor:
+def consensus(
+    ptm: torch.Tensor, ft: torch.Tensor, k: int, mask_lam: float, lam: float, use_ties: bool, density: float
+) -> torch.Tensor:
     tvs = ft - ptm
     merged = ties_merging(tvs, density, reduce="sum") if use_ties else tvs.sum(dim=0)
     mask = tall_masks(ptm, ft, merged, mask_lam).sum(dim=0) >= k
@@ -101,10 +102,16 @@ def consensus(ptm: torch.Tensor, ft: torch.Tensor, k: int, mask_lam: float, lam:
 
 
 # --- Fisher merging ---------------------------------------------------------------------------
-def fisher_merge(variables: list[list[torch.Tensor]], fishers: list[list[torch.Tensor]], coefficients: list[float],
-                 floor: float, favor_target_model: bool, normalize_fishers: bool) -> list[torch.Tensor]:
+def fisher_merge(
+    variables: list[list[torch.Tensor]],
+    fishers: list[list[torch.Tensor]],
+    coefficients: list[float],
+    floor: float,
+    favor_target_model: bool,
+    normalize_fishers: bool,
+) -> list[torch.Tensor]:
     if normalize_fishers:
-        norms = [torch.sqrt(sum((f ** 2).sum() for f in fisher)) for fisher in fishers]
+        norms = [torch.sqrt(sum((f**2).sum() for f in fisher)) for fisher in fishers]
         coefficients = [c / n for c, n in zip(coefficients, norms)]
     merged = []
     for i in range(len(variables[0])):

@@ -44,7 +44,9 @@ def tall_masks(tau: Tensor, mask_lam: float | Sequence[float] = 0.4, tau_mtl: Te
     return tau.abs() > lams * (tau_mtl - tau).abs()
 
 
-def consensus_mask(tau: Tensor, k: int = 2, mask_lam: float | Sequence[float] = 0.4, tau_mtl: Tensor | None = None) -> Tensor:
+def consensus_mask(
+    tau: Tensor, k: int = 2, mask_lam: float | Sequence[float] = 0.4, tau_mtl: Tensor | None = None
+) -> Tensor:
     """Entries active in at least ``k`` TALL masks."""
     return tall_masks(tau, mask_lam, tau_mtl).sum(dim=0) >= k
 
@@ -54,11 +56,15 @@ class ConsensusParams:
     """Parameters of :func:`consensus`."""
 
     k: int = param(2, "minimum number of tasks whose TALL mask keeps an entry (2 in the paper)")
-    mask_lam: float | tuple[float, ...] = param(0.4, "lambda of the TALL masks: one, or one per model (tuned in 0.2-0.6)")
+    mask_lam: float | tuple[float, ...] = param(
+        0.4, "lambda of the TALL masks: one, or one per model (tuned in 0.2-0.6)"
+    )
     lam: float = param(0.3, "scale of the masked merged task vector")
     merge: Literal["task_arithmetic", "ties"] = param("task_arithmetic", "how tau_MTL is formed from the task vectors")
     density: float = param(0.2, "TIES density with merge=ties")
-    ties_variant: Literal["authors", "mean"] = param("authors", "merge=ties: authors (disjoint sum, masks from it) or mean")
+    ties_variant: Literal["authors", "mean"] = param(
+        "authors", "merge=ties: authors (disjoint sum, masks from it) or mean"
+    )
 
     def __post_init__(self) -> None:
         if int(self.k) != self.k or self.k < 0:
@@ -75,7 +81,9 @@ class ConsensusParams:
     def check(self, num_models: int) -> None:
         """Refuse ``k`` above the number of models (no entry could be kept) and a wrong ``mask_lam`` count."""
         if self.k > num_models:
-            raise MergeError(f"k={self.k} but only {num_models} models: no entry can be in {self.k} masks; use k <= {num_models}")
+            raise MergeError(
+                f"k={self.k} but only {num_models} models: no entry can be in {self.k} masks; use k <= {num_models}"
+            )
         per_model("mask_lam", self.mask_lam, num_models)
 
 

@@ -28,7 +28,9 @@ class DareParams:
     """Parameters of :func:`dare`."""
 
     p: float = param(0.5, "drop probability in [0, 1) (0.5-0.9 in the paper)")
-    lam: float | tuple[float, ...] = param(1.0, "scale of the merged task vector (one per model with merge=task_arithmetic)")
+    lam: float | tuple[float, ...] = param(
+        1.0, "scale of the merged task vector (one per model with merge=task_arithmetic)"
+    )
     merge: Literal["task_arithmetic", "ties"] = param("task_arithmetic", "how the sparse task vectors are combined")
     seed: int = param(0, "seed of the drop masks, drawn tensor after tensor in order")
 

@@ -160,7 +160,10 @@ def _combine(inputs: TensorInputs, p: FisherParams) -> Tensor:
     diags = []
     for i, f in enumerate(fishers):
         if f.shape != ts[0].shape:
-            raise MergeError(f"the Fisher of {inputs.name!r} in fisher {i} has shape {tuple(f.shape)}, the weight {tuple(ts[0].shape)}")
+            raise MergeError(
+                f"the Fisher of {inputs.name!r} in fisher {i} has shape {tuple(f.shape)}, "
+                f"the weight {tuple(ts[0].shape)}"
+            )
         diags.append(f.clamp_min(p.floor) if (not p.favor_target_model or i == 0) else f)
     coef = torch.stack(diags) * weights
     return (coef * stacked).sum(dim=0) / coef.sum(dim=0)
@@ -205,6 +208,7 @@ def fisher(
         favor_target_model: floor only the first model's Fisher (reference default); ``False``
             floors every Fisher.
     """
-    params = FisherParams(None if weights is None else tuple(float(w) for w in weights), floor, normalize_fishers,
-                          favor_target_model)
+    params = FisherParams(
+        None if weights is None else tuple(float(w) for w in weights), floor, normalize_fishers, favor_target_model
+    )
     return merge(METHOD, models, params, options, extra={"fishers": list(fishers)})

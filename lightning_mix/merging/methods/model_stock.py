@@ -55,6 +55,8 @@ METHOD = register(
 )
 
 
-def model_stock(base: StateDictLike, models: Sequence[StateDictLike], options: MergeOptions | None = None) -> dict[str, Tensor]:
+def model_stock(
+    base: StateDictLike, models: Sequence[StateDictLike], options: MergeOptions | None = None
+) -> dict[str, Tensor]:
     """``theta = t * mean(theta_i) + (1 - t) * theta_0`` per tensor with ``t`` from :func:`model_stock_ratio`."""
     return merge(METHOD, models, ModelStockParams(), options, base=base)

@@ -60,7 +60,10 @@ def regmean_grams(
             raise ValueError(f"{missing[0]!r} is not an nn.Linear of the module; linear layers: {sorted(targets)}")
         targets = {n: targets[n] for n in layers}
     rows = dict.fromkeys(targets, 0)
-    grams = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float32, device=m.weight.device) for n, m in targets.items()}
+    grams = {
+        n: torch.zeros(m.in_features, m.in_features, dtype=torch.float32, device=m.weight.device)
+        for n, m in targets.items()
+    }
 
     def hook(name: str):
         def fn(mod: nn.Module, args: tuple[Any, ...]) -> None:

@@ -20,7 +20,9 @@ __all__ = ["TaskArithmeticParams", "task_arithmetic"]
 class TaskArithmeticParams:
     """Parameters of :func:`task_arithmetic`."""
 
-    lam: float | tuple[float, ...] = param(0.3, "scale of the summed task vectors: one, or one per model (0.3-0.4 in the paper)")
+    lam: float | tuple[float, ...] = param(
+        0.3, "scale of the summed task vectors: one, or one per model (0.3-0.4 in the paper)"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, (int, float)):

@@ -67,7 +67,9 @@ class TiesParams:
     density: float = param(0.2, "fraction of each task vector's entries kept (top magnitudes, per tensor); authors 0.2")
     lam: float = param(1.0, "scale of the merged task vector added to the base (authors: 1, swept 0.8-2.5)")
     keep: KeepRule = param("authors", "kept count: authors int(d*n)+1, mergekit int(d*n), ceil exact ceil(d*n)")
-    zero_sign: ZeroSign = param("majority", "sign where the elected sum is 0: majority (authors), positive (mergekit), zero")
+    zero_sign: ZeroSign = param(
+        "majority", "sign where the elected sum is 0: majority (authors), positive (mergekit), zero"
+    )
 
     def __post_init__(self) -> None:
         fraction_in("density", self.density)

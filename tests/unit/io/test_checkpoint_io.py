@@ -81,7 +81,9 @@ def test_check_compatible_names_shapes_dtypes():
     assert check_compatible([a, _state(2.0)]) == ["w", "n"]
     with pytest.raises(IncompatibleCheckpointsError, match=r"shape mismatch at 'w': \(3,\) in x but \(4,\) in y"):
         check_compatible([a, {"w": torch.zeros(4), "n": torch.tensor(1)}], ["x", "y"])
-    with pytest.raises(IncompatibleCheckpointsError, match=r"dtype mismatch at 'w': torch.float32 in model 0 but torch.float16"):
+    with pytest.raises(
+        IncompatibleCheckpointsError, match=r"dtype mismatch at 'w': torch.float32 in model 0 but torch.float16"
+    ):
         check_compatible([a, {"w": torch.zeros(3, dtype=torch.float16), "n": torch.tensor(1)}])
     check_compatible([a, {"w": torch.zeros(3, dtype=torch.float16), "n": torch.tensor(1)}], dtypes=False)
     with pytest.raises(IncompatibleCheckpointsError, match="model 1 has no tensor 'n'"):

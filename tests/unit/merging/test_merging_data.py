@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_mix.merging import fisher as fisher_merge, fisher_information, regmean, regmean_grams
+from lightning_mix.merging import fisher as fisher_merge
+from lightning_mix.merging import fisher_information, regmean, regmean_grams
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,8 @@ def test_regmean_single_linear_equals_least_squares():
     # alpha = 0 leaves only the diagonals: a per-input-feature weighted average of the columns
     d = [torch.diagonal(g["weight"]) for g in grams]
     w0 = (d[0] * layers[0].weight + d[1] * layers[1].weight) / (d[0] + d[1])
-    torch.testing.assert_close(regmean([l.state_dict() for l in layers], grams, alpha=0.0)["weight"], w0.detach())
+    diagonal_only = regmean([layer.state_dict() for layer in layers], grams, alpha=0.0)["weight"]
+    torch.testing.assert_close(diagonal_only, w0.detach())
 
 
 def test_regmean_grams_of_named_layers_in_a_network():
@@ -72,9 +74,10 @@ def test_fisher_information_matches_per_example_backward():
 
 
 def test_adamerging_zero_steps_is_task_arithmetic_and_training_lowers_entropy():
+    from torch.func import functional_call
+
     from lightning_mix.merging import task_arithmetic
     from lightning_mix.merging.adamerging import adamerging, prediction_entropy
-    from torch.func import functional_call
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -92,9 +95,13 @@ def test_adamerging_zero_steps_is_task_arithmetic_and_training_lowers_entropy():
         with torch.no_grad():
             return float(prediction_entropy(functional_call(net, sd, (x,))))
 
-    merged, coef = adamerging(net, base, models, batches, granularity="task", steps=150, lr=0.02, get_inputs=lambda b: b)
+    merged, coef = adamerging(
+        net, base, models, batches, granularity="task", steps=150, lr=0.02, get_inputs=lambda b: b
+    )
     assert coef.shape == (2,) and torch.all((coef >= 0) & (coef <= 1))
     assert entropy(merged) < entropy(expected) - 1e-3
     # the returned weights are task arithmetic with the learned coefficients
     for k in merged:
-        torch.testing.assert_close(merged[k], base[k] + coef[0] * (models[0][k] - base[k]) + coef[1] * (models[1][k] - base[k]))
+        torch.testing.assert_close(
+            merged[k], base[k] + coef[0] * (models[0][k] - base[k]) + coef[1] * (models[1][k] - base[k])
+        )

@@ -210,19 +210,30 @@ def test_float32_accumulation_for_bf16_inputs():
 
 def test_mismatch_errors_name_the_first_mismatch():
     a = {"x": torch.zeros(2), "y": torch.zeros(3)}
-    with pytest.raises(IncompatibleCheckpointsError, match=r"shape mismatch at 'y': \(3,\) in model 0 but \(4,\) in model 1"):
+    with pytest.raises(
+        IncompatibleCheckpointsError, match=r"shape mismatch at 'y': \(3,\) in model 0 but \(4,\) in model 1"
+    ):
         weighted_average([a, {"x": torch.zeros(2), "y": torch.zeros(4)}])
     with pytest.raises(IncompatibleCheckpointsError, match="model 1 has no tensor 'y'"):
         weighted_average([a, {"x": torch.zeros(2)}])
     with pytest.raises(IncompatibleCheckpointsError, match="'z' that model 0 lacks"):
         weighted_average([a, {**a, "z": torch.zeros(1)}])
-    with pytest.raises(IncompatibleCheckpointsError, match=r"shape mismatch at 'x': \(2,\) in base but \(5,\) in model 0"):
+    with pytest.raises(
+        IncompatibleCheckpointsError, match=r"shape mismatch at 'x': \(2,\) in base but \(5,\) in model 0"
+    ):
         ties(a, [{"x": torch.zeros(5), "y": torch.zeros(3)}])
 
 
 def test_files_read_lazily_match_in_memory(tmp_path):
     gen = torch.Generator().manual_seed(0)
-    sds = [{"l.weight": torch.randn(8, 5, generator=gen), "l.bias": torch.randn(8, generator=gen), "bn.num_batches_tracked": torch.tensor(i)} for i in range(3)]
+    sds = [
+        {
+            "l.weight": torch.randn(8, 5, generator=gen),
+            "l.bias": torch.randn(8, generator=gen),
+            "bn.num_batches_tracked": torch.tensor(i),
+        }
+        for i in range(3)
+    ]
     paths = []
     for i, sd in enumerate(sds):
         p = tmp_path / f"m{i}.ckpt"

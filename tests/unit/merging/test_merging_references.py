@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from references import merging_authors as ref
 from torch import nn
 
 from lightning_mix.merging import (
@@ -23,7 +24,6 @@ from lightning_mix.merging import (
     ties_kept_count,
     trim_top_k,
 )
-from references import merging_authors as ref
 
 
 def _models(tasks: int = 3, shape=(10, 10), seed: int = 0):
@@ -114,8 +114,9 @@ def test_fisher_merge_matches_the_reference(favor, normalize):
         f["w"][0, :] = 0.0  # entries no example touched: the floor decides
     coefficients = [0.5, 0.3, 0.2]
     got = fisher(models, fishers, weights=coefficients, normalize_fishers=normalize, favor_target_model=favor)
-    expected = ref.fisher_merge([[m["w"], m["b"]] for m in models], [[f["w"], f["b"]] for f in fishers], coefficients,
-                                1e-6, favor, normalize)
+    expected = ref.fisher_merge(
+        [[m["w"], m["b"]] for m in models], [[f["w"], f["b"]] for f in fishers], coefficients, 1e-6, favor, normalize
+    )
     torch.testing.assert_close(got["w"], expected[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["b"], expected[1], rtol=1e-5, atol=1e-6)
 
