@@ -166,18 +166,24 @@ def merge(
     _check_patterns_match(names, "include", include_p)
     _check_patterns_match(names, "exclude", exclude_p)
     _check_patterns_match(names, "override", list(overrides))
-    if include_p is not None and all(not _matches(n, include_p) or _matches(n, exclude_p) for n in names):
+    reference = sources[0]
+
+    def merged_here(name: str) -> bool:
+        selected = include_p is None or _matches(name, include_p)
+        return selected and not _matches(name, exclude_p) and reference[name].is_floating_point()
+
+    to_merge = [n for n in names if merged_here(n)]
+    if not to_merge:
         raise MergeError(
-            "include and exclude leave no tensor to merge; the output would be a copy of the reference model"
+            "no floating-point tensor is left to merge (include/exclude, or integer tensors only); the output "
+            "would be a copy of the reference model: fix the patterns"
         )
 
-    reference = sources[0]
     scratch: dict[str, Any] = dict(method.prepare(extra_sources, params)) if method.prepare is not None else {}
     out: dict[str, Tensor] = {}
     for i, name in enumerate(names):
         ref = reference[name]
-        merge_it = ref.is_floating_point() and (include_p is None or _matches(name, include_p))
-        if not merge_it or _matches(name, exclude_p):
+        if not merged_here(name):
             out[name] = ref.detach().clone()
         else:
             p = params

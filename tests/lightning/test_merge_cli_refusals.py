@@ -60,6 +60,8 @@ def _ties(d: Path, *extra: str) -> list[str]:
         (["--override", "layer.*:densty=0.5"], "unknown parameter 'densty'; did you mean 'density'?"),
         (["--include", "encoder.*"], "include pattern 'encoder.*' matches no tensor name"),
         (["--exclude", "nope.*"], "exclude pattern 'nope.*' matches no tensor name"),
+        (["--include", "bn.*"], "no floating-point tensor is left to merge"),  # an integer buffer only
+        (["--exclude", "layer.*"], "no floating-point tensor is left to merge"),
         (["--override", "head.*:lam=0"], "override pattern 'head.*' matches no tensor name"),
         (["--density", "1.5"], "density must be in (0, 1], got 1.5"),
         (["--lam", "nan"], "lam must be a finite number"),
