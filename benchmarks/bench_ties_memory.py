@@ -234,7 +234,8 @@ def main() -> None:
             print(f"streaming / flattening: peak memory {s['peak_bytes'] / f['peak_bytes']:.2f}x, time {s['seconds'] / f['seconds']:.2f}x")
         net = (rows[1]["anon_bytes"] - floor["anon_bytes"]) / size
         print(f"target peak <= 2.5 model sizes: streaming allocates {net:.2f} model sizes above the import floor "
-              f"(anonymous memory; mapped input pages are reclaimable page cache) -> {'met' if net <= 2.5 else 'NOT met'}")
+              "(anonymous memory; mapped input pages are reclaimable page cache) -> "
+              f"{'met' if net <= 2.5 else 'NOT met'}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
