@@ -28,22 +28,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_mix.averaging import (
-    consensus_merge,
+from lightning_mix.averaging import recalibrate_batchnorm, weight_matching
+from lightning_mix.merging import (
+    adamerging,
+    consensus,
     dare,
+    fisher,
     fisher_information,
-    fisher_merge,
     model_stock,
-    pcb_merge,
-    recalibrate_batchnorm,
+    pcb,
+    regmean,
     regmean_grams,
-    regmean_merge,
     task_arithmetic,
-    ties_merge,
-    weight_matching,
+    ties,
     weighted_average,
 )
-from lightning_mix.averaging.merging import adamerging
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
 MEAN, STD = 0.1307, 0.3081
@@ -159,21 +158,21 @@ def main() -> None:
         plain = load(base, task_arithmetic(base_sd, ft_sds, 0.3))
         rows.append(("task arithmetic, no BN recalibration", task_accuracies(plain, d, "test"), "lam=0.3"))
         add("task arithmetic", lambda lam: task_arithmetic(base_sd, ft_sds, lam))
-        add("TIES", lambda lam: ties_merge(base_sd, ft_sds, density=0.2, lam=lam), "density=0.2")
+        add("TIES", lambda lam: ties(base_sd, ft_sds, density=0.2, lam=lam), "density=0.2")
         add("DARE + task arithmetic", lambda lam: dare(base_sd, ft_sds, p=0.5, lam=lam, seed=0), "p=0.5")
         add("DARE + TIES", lambda lam: dare(base_sd, ft_sds, p=0.5, lam=lam, merge="ties", seed=0), "p=0.5")
         add("Model Stock", lambda _: model_stock(base_sd, ft_sds), sweep=False)
-        add("PCB", lambda lam: pcb_merge(base_sd, ft_sds, keep_ratio=0.1, lam=lam), "keep_ratio=0.1")
-        add("consensus (TALL, k=2)", lambda lam: consensus_merge(base_sd, ft_sds, k=2, mask_lam=0.4, lam=lam), "mask_lam=0.4")
+        add("PCB", lambda lam: pcb(base_sd, ft_sds, keep_ratio=0.1, lam=lam), "keep_ratio=0.1")
+        add("consensus (TALL, k=2)", lambda lam: consensus(base_sd, ft_sds, k=2, mask_lam=0.4, lam=lam), "mask_lam=0.4")
 
         gen = torch.Generator().manual_seed(0)
         fishers = []
         for t, m in finetuned.items():
             x = d[t]["train"][0][:256]
             fishers.append(fisher_information(m, [(x[i : i + 64],) for i in range(0, 256, 64)], num_examples=256, generator=gen))
-        add("Fisher", lambda _: fisher_merge(ft_sds, fishers), "256 examples per task, labels sampled", sweep=False)
+        add("Fisher", lambda _: fisher(ft_sds, fishers), "256 examples per task, labels sampled", sweep=False)
         grams = [regmean_grams(m, [d[t]["train"][0][:512]]) for t, m in finetuned.items()]
-        add("RegMean", lambda _: regmean_merge(ft_sds, grams, alpha=0.95), "alpha=0.95; only the head is linear", sweep=False)
+        add("RegMean", lambda _: regmean(ft_sds, grams, alpha=0.95), "alpha=0.95; only the head is linear", sweep=False)
         test_inputs = torch.cat([d[t]["test"][0] for t in TASKS])
         stream = [test_inputs[torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(s))[:64]] for s in range(50)]
         ada_sd, coef = adamerging(copy.deepcopy(base), base_sd, ft_sds, stream, granularity="layer", steps=args.ada_steps, lr=args.ada_lr,

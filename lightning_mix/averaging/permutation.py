@@ -388,8 +388,14 @@ def weight_matching(
     max_sweeps: int = 100,
     seed: int = 0,
     return_permutations: bool = False,
+    batchnorm_statistics: bool = False,
 ) -> Any:
     """Permute model B's hidden units to match model A's (Git Re-Basin weight matching).
+
+    The objective sums ``<A, permuted B>`` over the weights and biases of every group. BatchNorm's
+    ``running_mean`` / ``running_var`` are permuted with their units but, by default, left out of
+    the objective, as the authors' code (git-re-basin's ``weight_matching`` matches parameters
+    only); ``batchnorm_statistics=True`` includes them (this library's earlier behaviour).
 
     Args:
         model_a: the reference (a module, or a state dict with ``spec``).
@@ -401,6 +407,8 @@ def weight_matching(
             first sweep that improves no group).
         seed: orders the groups in each sweep.
         return_permutations: also return ``{group: permutation}``.
+        batchnorm_statistics: include BatchNorm running statistics in the matching objective
+            (``False``, the authors' choice: they describe data, not what the weights compute).
 
     Returns:
         B permuted, of B's kind: a deep copy of the module or a new state dict (integer buffers
@@ -423,6 +431,8 @@ def weight_matching(
     sizes = spec.sizes(state_a)
     spec.sizes(state_b)
     entries = spec.entries()
+    statistics = ("running_mean", "running_var")
+    in_objective = {n for n in entries if batchnorm_statistics or n.rsplit(".", 1)[-1] not in statistics}
     a32 = {n: state_a[n].detach().float().cpu() for n in entries}
     b32 = {n: state_b[n].detach().float().cpu() for n in entries}
     perms = {g: torch.arange(n) for g, n in sizes.items()}
@@ -439,6 +449,8 @@ def weight_matching(
             n = sizes[group]
             cost = torch.zeros(n, n, dtype=torch.float64)
             for name, axis, block in by_group[group]:
+                if name not in in_objective:
+                    continue
                 wb = b32[name]
                 for other_axis, other_group, other_block in entries[name]:
                     if other_group != group:

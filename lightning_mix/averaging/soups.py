@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+
+from lightning_mix.checkpoint_io import (
+    check_compatible,
+    extract_state_dict,
+    load_checkpoint,
+    save_checkpoint_atomically,
+)
 
 __all__ = [
     "Ingredient",
@@ -53,74 +58,34 @@ def load_ingredient(ingredient: Ingredient, map_location: str | torch.device | N
     """Return the state dict of one ingredient.
 
     A mapping is returned as is (its ``"state_dict"`` entry if it is a Lightning checkpoint). A
-    path is loaded with ``torch.load(weights_only=True, mmap=True)`` (tensors stay on disk until
-    read; files in the legacy non-zip format are read whole).
+    path is read with :func:`lightning_mix.checkpoint_io.load_checkpoint` (``weights_only=True``,
+    memory-mapped: tensors stay on disk until read). ``map_location`` other than the CPU moves the
+    tensors there.
     """
     if isinstance(ingredient, Mapping):
-        loaded: Any = ingredient
-    elif isinstance(ingredient, (str, os.PathLike)):
-        path = Path(ingredient)
-        if not path.is_file():
-            raise FileNotFoundError(f"Soup ingredient {str(path)!r} does not exist (or is not a file).")
-        try:
-            try:
-                loaded = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-            except RuntimeError as error:
-                if "mmap" not in str(error) and "zip" not in str(error):
-                    raise
-                loaded = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise pickle.UnpicklingError(
-                f"Soup ingredient {str(path)!r} holds objects other than tensors and plain containers, which "
-                "torch.load(weights_only=True) refuses. If you trust the file, load it yourself "
-                "(torch.load(path, weights_only=False)) and pass its state dict as the ingredient."
-            ) from error
-    else:
-        raise TypeError(
-            f"A soup ingredient must be a state dict or a path to a saved one, got {type(ingredient).__name__}."
-        )
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping):
-        raise TypeError(f"Soup ingredient {ingredient!r} holds a {type(loaded).__name__}, not a state dict.")
-    return loaded  # type: ignore[return-value]
+        return dict(extract_state_dict(ingredient, "soup ingredient"))
+    if isinstance(ingredient, (str, os.PathLike)):
+        state = dict(extract_state_dict(load_checkpoint(ingredient), f"soup ingredient {str(ingredient)!r}"))
+        if map_location is not None and torch.device(map_location) != torch.device("cpu"):
+            state = {k: v.to(map_location) for k, v in state.items()}
+        return state
+    raise TypeError(
+        f"A soup ingredient must be a state dict or a path to a saved one, got {type(ingredient).__name__}."
+    )
 
 
 def save_ingredient(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
-    """Save a state dict to ``path`` atomically (a temporary file in the same folder, then a rename).
+    """Save a state dict to ``path`` atomically (:func:`lightning_mix.checkpoint_io.save_checkpoint_atomically`).
 
-    A crash mid-write never leaves a truncated ingredient behind. Tensors are saved detached and on
-    the CPU, in the zip format that :func:`load_ingredient` memory-maps.
+    Tensors are saved detached and on the CPU, in the zip format that :func:`load_ingredient`
+    memory-maps.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(cpu, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_checkpoint_atomically(cpu, path)
 
 
 def _check_compatible(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor], index: int) -> None:
-    if reference.keys() != other.keys():
-        missing = sorted(set(reference) - set(other))[:5]
-        extra = sorted(set(other) - set(reference))[:5]
-        raise ValueError(
-            f"Soup ingredient {index} does not have the same keys as ingredient 0 "
-            f"(missing {missing}, unexpected {extra}). All ingredients must come from the same architecture."
-        )
-    for key, tensor in reference.items():
-        if isinstance(tensor, torch.Tensor) and tuple(other[key].shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"Soup ingredient {index}: {key!r} has shape {tuple(other[key].shape)}, "
-                f"ingredient 0 has {tuple(tensor.shape)}. All ingredients must come from the same architecture."
-            )
+    check_compatible([reference, other], ["the first ingredient", f"soup ingredient {index}"], dtypes=False)
 
 
 def _start(first: Mapping[str, torch.Tensor], device: torch.device | str | None, scale: float = 1.0) -> StateDict:

@@ -1,89 +1,67 @@
-"""The ``lightning-mix`` command: a LightningCLI over any LightningModule and LightningDataModule."""
+"""The ``lightning-mix`` command: one module per command, picked by the first argument.
+
+``fit``, ``validate``, ``test`` and ``predict`` run LightningCLI over any LightningModule and
+LightningDataModule (:mod:`lightning_mix.cli.lightning`); ``merge`` merges checkpoints
+(:mod:`lightning_mix.cli.merge`); ``soup`` builds a model soup from separate runs
+(:mod:`lightning_mix.cli.soup`). Every command module exposes ``build_parser()`` and
+``main(argv)``; adding a command is one module plus one entry in :data:`COMMANDS`. The command
+modules are imported only when their command runs, so ``lightning-mix merge`` does not import
+Lightning.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
-import torch.distributed as dist
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+__all__ = ["COMMANDS", "main", "run_cli", "LightningMixCLI", "close_process_group"]
+
+#: ``{command: (module, one-line summary)}``; the module has ``build_parser()`` and ``main(argv)``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("lightning_mix.cli.lightning", "train a model (LightningCLI; --config YAML, then tests it)"),
+    "validate": ("lightning_mix.cli.lightning", "run the validation loop (LightningCLI)"),
+    "test": ("lightning_mix.cli.lightning", "run the test loop (LightningCLI)"),
+    "predict": ("lightning_mix.cli.lightning", "run prediction (LightningCLI)"),
+    "merge": ("lightning_mix.cli.merge", "merge checkpoints of one architecture (TIES, DARE, ...)"),
+    "soup": ("lightning_mix.cli.soup", "average checkpoints of separate runs into a model soup"),
+}
+_LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-class LightningMixCLI(LightningCLI):
-    """LightningCLI with ``lightning_mix`` imported, so its callbacks and demos resolve by short name.
-
-    After ``fit`` it runs ``test`` on the datamodule's test set (``--test_after_fit false`` turns
-    that off), so the main job prints its test metrics at the end.
-    """
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--test_after_fit",
-            type=bool,
-            default=True,
-            help="After fit, run the test loop on the datamodule's test data and print the metrics.",
-        )
-
-    def after_fit(self) -> None:
-        config = self.config.get(self.subcommand, self.config)
-        if not config.get("test_after_fit", True) or self.trainer.interrupted:
-            return
-        if self.datamodule is None or not hasattr(self.datamodule, "test_dataloader"):
-            return
-        self.trainer.test(self.model, datamodule=self.datamodule)
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: lightning-mix COMMAND [options]",
+        "",
+        "Mixup-family augmentation, calibration and weight averaging for PyTorch Lightning.",
+        "",
+        "commands:",
+        *[f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()],
+        "",
+        "'lightning-mix COMMAND --help' describes a command's options.",
+    ]
+    return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-mix`` console script."""
-    try:
-        run_cli(args)
-    except BaseException:
-        close_process_group(wait_for_other_ranks=False)  # the other ranks may never reach a barrier
-        raise
-    close_process_group()
-
-
-def close_process_group(wait_for_other_ranks: bool = True) -> None:
-    """Destroy the default process group if this process still has one.
-
-    Lightning destroys it at exit only for NCCL. A gloo group (DDP on CPU) left alive until
-    interpreter shutdown can abort the finished process ("terminate called without an active
-    exception", exit code 134) when gloo's threads outlive Python, so a successful run would
-    report failure. With ``wait_for_other_ranks`` the ranks meet at a barrier first, so none tears
-    down while another still talks to it; after an error, skip the barrier (it could hang).
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    try:
-        if wait_for_other_ranks:
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def run_cli(args: list[str] | None = None) -> LightningMixCLI | None:
-    """Run the ``lightning-mix`` command with ``args``; returns the LightningCLI (handy in tests).
-
-    ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``merge`` and ``soup``
-    (model merging and soups of separate runs' checkpoints) to :mod:`lightning_mix.cli.merge`.
-    """
+    """Entry point of the ``lightning-mix`` console script: dispatch to the command's module."""
     args = list(args) if args is not None else sys.argv[1:]
-    if args and args[0] in ("merge", "soup"):
-        from lightning_mix.cli import merge as merge_cli
-
-        command = merge_cli.merge_main if args[0] == "merge" else merge_cli.soup_main
-        command(args[1:])
-        return None
-    import lightning_mix.callbacks  # noqa: F401  (registers our callbacks for short class names)
-    import lightning_mix.demos  # noqa: F401
-
-    return LightningMixCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        if not args:
+            raise SystemExit(2)
+        return
+    command = args[0]
+    if command not in COMMANDS:
+        print(_usage(), file=sys.stderr)
+        raise SystemExit(f"lightning-mix: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[command][0])
+    module.main(args if command in _LIGHTNING_COMMANDS else args[1:])
 
 
+def __getattr__(name: str) -> Any:
+    # LightningCLI helpers live in cli.lightning; imported on first use so merge/soup start fast
+    if name in ("run_cli", "LightningMixCLI", "close_process_group"):
+        return getattr(importlib.import_module("lightning_mix.cli.lightning"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,4 +2,6 @@
 
 from lightning_mix.cli import main
 
+__all__: list[str] = []
+
 main()

@@ -5,307 +5,263 @@ Example::
     lightning-mix merge --method ties --base base.ckpt --models a.ckpt b.ckpt \\
         --density 0.2 --lam 1.0 --output merged.ckpt
 
-The inputs are memory-mapped and merged one tensor at a time, so the peak memory is about the size
-of the output model. The output keeps the base (or first) checkpoint's ``hyper_parameters``, so
-``MyModule.load_from_checkpoint("merged.ckpt")`` works; optimizer, loop and callback states are
-dropped (they describe the training run, not the merged weights) and a ``"merge"`` entry records the
-method, options and inputs. The output is written to a temporary file in the same folder and renamed
-at the end: a failed or interrupted merge never leaves a partial file.
+The methods and their flags come from :data:`lightning_mix.merging.REGISTRY`: ``--method`` takes
+a registered name and every parameter of its dataclass is a flag (``keep_ratio`` is
+``--keep-ratio``); a flag the chosen method does not take is refused. Inputs are memory-mapped and
+merged one tensor at a time. The output keeps the base (or first) checkpoint's
+``hyper_parameters``, so ``MyModule.load_from_checkpoint("merged.ckpt")`` works; optimizer, loop,
+callback and weight-averaging states are dropped (they describe a training run, not the merged
+weights) and a ``"merge"`` entry records the method, parameters, options and inputs. The output is
+written atomically (:func:`lightning_mix.checkpoint_io.save_checkpoint_atomically`).
+
+Everything that can be refused is refused before the merge reads a tensor: the output (exists
+without ``--overwrite``, is a directory, sits under a file or in a read-only folder), the inputs
+(missing, a directory, unreadable), the parameters and overrides (unknown names, invalid values),
+patterns that match no tensor, and inputs whose names, shapes or dtypes differ. A non-finite merged
+value stops the merge without writing anything.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
+import pickle
 import sys
-import tempfile
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal, get_args, get_origin
 
 import torch
 
-from lightning_mix.averaging.merging import (
-    MergeError,
-    consensus_merge,
-    dare,
-    model_stock,
-    pcb_merge,
-    slerp,
-    task_arithmetic,
-    ties_merge,
-    weighted_average,
+from lightning_mix.checkpoint_io import (
+    CheckpointError,
+    IncompatibleCheckpointsError,
+    checkpoint_metadata,
+    load_checkpoint,
+    save_checkpoint_atomically,
 )
-from lightning_mix.averaging.merging.io import limit_heap_growth, load_checkpoint_lazy
+from lightning_mix.cli._common import check_inputs_and_output, fail, progress_printer
+from lightning_mix.merging import REGISTRY, MergeError, MergeMethod, MergeOptions, merge
+from lightning_mix.merging.registry import check_param_names
 
-__all__ = ["merge_main", "soup_main", "build_merge_parser", "build_soup_parser", "save_atomically"]
+__all__ = ["build_parser", "main"]
 
-METHODS_WITH_BASE = {"task_arithmetic", "ties", "dare", "model_stock", "pcb", "consensus"}
-METHODS = ["average", "slerp", *sorted(METHODS_WITH_BASE)]
-_DROPPED_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "MixedPrecision")
-_DTYPES = {"keep": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+PROG = "lightning-mix merge"
+_DTYPES = {
+    "keep": None,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
-def build_merge_parser() -> argparse.ArgumentParser:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _hints(params_type: type) -> dict[str, Any]:
+    return typing.get_type_hints(params_type)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "{" + ",".join(str(a) for a in get_args(hint)) + "}"
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if hint is bool:
+        return "true|false"
+    if any(get_origin(a) is tuple for a in args) or get_origin(hint) is tuple:
+        return "N [N ...]" if float in args else "N [N ...] (one per model)"
+    return {float: "N", int: "INT"}.get(hint, "VALUE")
+
+
+def _takes_many(hint: Any) -> bool:
+    return get_origin(hint) is tuple or any(get_origin(a) is tuple for a in get_args(hint))
+
+
+def _convert(name: str, values: Sequence[str], hint: Any) -> Any:
+    """Turn the strings given for a parameter into the type its dataclass field declares."""
+
+    def scalar(value: str, kind: Any) -> Any:
+        if kind is bool:
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(f"{name} takes true or false, got {value!r}")
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        return value
+
+    origin, args = get_origin(hint), get_args(hint)
+    try:
+        if origin is Literal:
+            if len(values) != 1 or values[0] not in args:
+                raise ValueError(f"{name} takes one of {', '.join(map(str, args))}, got {' '.join(values)}")
+            return values[0]
+        members = [a for a in args if a is not type(None)] if args and origin is not tuple else [hint]
+        sequence = next((a for a in members if get_origin(a) is tuple), None)
+        single = next((a for a in members if get_origin(a) is not tuple), None)
+        if sequence is not None and (single is None or len(values) > 1):
+            kind = get_args(sequence)[0]
+            return tuple(scalar(v, kind) for v in values)
+        if len(values) != 1:
+            raise ValueError(f"{name} takes one value, got {len(values)}")
+        return scalar(values[0], single)
+    except ValueError as err:
+        raise MergeError(str(err) if str(err).startswith(name) else f"{name}: {err}") from None
+
+
+def _parameters() -> dict[str, list[tuple[MergeMethod, dataclasses.Field]]]:
+    table: dict[str, list[tuple[MergeMethod, dataclasses.Field]]] = {}
+    for method in sorted(REGISTRY.values(), key=lambda m: m.name):
+        for f in dataclasses.fields(method.params):
+            table.setdefault(f.name, []).append((method, f))
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``merge`` parser: shared flags, then one flag per parameter of any registered method."""
+    import lightning_mix.merging.methods  # noqa: F401  (registers every method)
+
     p = argparse.ArgumentParser(
-        prog="lightning-mix merge",
+        prog=PROG,
         description="Merge checkpoints of one architecture, streaming one tensor at a time (float32 arithmetic).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="methods:\n"
+        + "\n".join(
+            f"  {m.name:<17} {m.summary}{' (needs --base)' if m.needs_base else ''}"
+            for m in sorted(REGISTRY.values(), key=lambda m: m.name)
+        ),
     )
-    p.add_argument("--method", required=True, choices=METHODS, help="merge method")
-    p.add_argument("--base", help="base (pre-trained) checkpoint the task vectors are taken from; "
-                   f"required by {', '.join(sorted(METHODS_WITH_BASE))}")
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=sorted(REGISTRY),
+        metavar="METHOD",
+        help="merge method: " + ", ".join(sorted(REGISTRY)) + " (see below)",
+    )
+    p.add_argument(
+        "--base",
+        help="base (pre-trained) checkpoint the task vectors are taken from; required by "
+        + ", ".join(m.name for m in REGISTRY.values() if m.needs_base),
+    )
     p.add_argument("--models", nargs="+", required=True, help="checkpoints to merge (fine-tuned models)")
     p.add_argument("--output", required=True, help="where to write the merged checkpoint")
-    p.add_argument("--weights", nargs="+", type=float, help="average: one weight per model (equal by default)")
-    p.add_argument("--lam", nargs="+", type=float, help="scale of the merged task vector (task_arithmetic 0.3, "
-                   "ties/dare/pcb 1.0, consensus 0.3); task_arithmetic and dare take one per model too")
-    p.add_argument("--density", type=float, default=0.2, help="ties (and consensus --merge ties): fraction kept (0.2)")
-    p.add_argument("--p", type=float, default=0.5, help="dare: drop probability (0.5)")
-    p.add_argument("--merge", dest="inner", choices=["task_arithmetic", "ties"], default="task_arithmetic",
-                   help="dare/consensus: how the task vectors are combined (task_arithmetic)")
-    p.add_argument("--seed", type=int, default=0, help="dare: seed of the drop masks (0)")
-    p.add_argument("--t", type=float, default=0.5, help="slerp: position between the two models (0.5)")
-    p.add_argument("--keep-ratio", type=float, default=0.1, help="pcb: fraction of entries kept per task (0.1)")
-    p.add_argument("--k", type=int, default=2, help="consensus: minimum number of agreeing tasks (2)")
-    p.add_argument("--mask-lam", nargs="+", type=float, default=[0.4], help="consensus: TALL mask lambda, one or one per model (0.4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--include", nargs="+", help="glob patterns of tensor names to merge (others copied from the base)")
     p.add_argument("--exclude", nargs="+", help="glob patterns of tensor names not to merge (copied from the base)")
-    p.add_argument("--override", action="append", default=[], metavar="PATTERN:KEY=VALUE",
-                   help="per-name option, repeatable: --override 'head.*:lam=0' --override '*.bias:density=1'")
-    p.add_argument("--dtype", choices=list(_DTYPES), default="keep", help="output dtype of merged tensors (keep the base's)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="PATTERN:KEY=VALUE",
+        help="per-name parameter, repeatable: --override 'head.*:lam=0' --override '*.bias:density=1'",
+    )
+    p.add_argument(
+        "--dtype", choices=list(_DTYPES), default="keep", help="output dtype of merged tensors (keep the base's)"
+    )
     p.add_argument("--device", default="cpu", help="device for the per-tensor arithmetic (cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--quiet", action="store_true", help="no per-tensor progress on stderr")
+    extras = sorted({key for m in REGISTRY.values() for key in m.extra_inputs})
+    for key in extras:
+        users = [m.name for m in REGISTRY.values() if key in m.extra_inputs]
+        p.add_argument(_flag(key), nargs="+", metavar="FILE", help=f"{', '.join(users)}: one {key[:-1]} file per model")
+    group = p.add_argument_group("method parameters (a flag applies to the methods listed in its help)")
+    for name, entries in _parameters().items():
+        hints = [_hints(m.params)[name] for m, _ in entries]
+        many = any(_takes_many(h) for h in hints)
+        parts = [f"{m.name}: {f.metadata.get('doc', '')} [{f.default}]" for m, f in entries]
+        metavar = _describe(hints[0]).replace(" [N ...]", "").replace(" (one per model)", "")
+        group.add_argument(
+            _flag(name), dest=f"param_{name}", nargs="+" if many else 1, metavar=metavar, help="; ".join(parts)
+        )
     return p
 
 
-def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+def _parse_overrides(items: list[str], method: MergeMethod) -> dict[str, dict[str, Any]]:
+    hints = _hints(method.params)
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         pattern, sep, assignment = item.rpartition(":")
         key, eq, value = assignment.partition("=")
         if not sep or not eq or not pattern or not key:
-            raise SystemExit(f"lightning-mix merge: error: --override {item!r} is not PATTERN:KEY=VALUE (e.g. 'head.*:lam=0')")
+            raise MergeError(f"--override {item!r} is not PATTERN:KEY=VALUE (e.g. 'head.*:lam=0')")
         key = key.strip().replace("-", "_")
-        parsed: Any
-        try:
-            parsed = [float(v) for v in value.split(",")] if "," in value else float(value)
-        except ValueError:
-            parsed = value
-        if key in ("k", "seed") and isinstance(parsed, float):
-            parsed = int(parsed)
-        out.setdefault(pattern, {})[key] = parsed
+        check_param_names(method.params, [key], f"--override {item!r} of {method.name}")
+        out.setdefault(pattern, {})[key] = _convert(key, value.split(","), hints[key])
     return out
 
 
-def _one_or_many(values: list[float] | None, default: float) -> float | list[float]:
-    if not values:
-        return default
-    return values[0] if len(values) == 1 else list(values)
+def _method_params(args: argparse.Namespace, method: MergeMethod) -> Any:
+    hints = _hints(method.params)
+    own = {f.name for f in dataclasses.fields(method.params)}
+    given = {k[len("param_") :]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    stray = sorted(set(given) - own)
+    if stray:
+        takes = ", ".join(_flag(n) for n in sorted(own)) or "no parameters"
+        raise MergeError(
+            f"{', '.join(_flag(n) for n in stray)} is not an option of --method {method.name} (it takes {takes})"
+        )
+    return method.params(**{k: _convert(k, v, hints[k]) for k, v in given.items()})
 
 
-def _scalar(values: list[float] | None, default: float, method: str) -> float:
-    if values and len(values) > 1:
-        raise SystemExit(f"lightning-mix merge: error: --lam takes one value with --method {method}")
-    return values[0] if values else default
-
-
-def _progress(quiet: bool):
-    if quiet:
-        return None
-    tty = sys.stderr.isatty()
-
-    def report(done: int, total: int, name: str) -> None:
-        end = "\n" if (not tty or done == total) else ""
-        prefix = "\r\033[K" if tty else ""
-        print(f"{prefix}merge [{done}/{total}] {name}", end=end, file=sys.stderr, flush=True)
-
-    return report
-
-
-def _run_method(args: argparse.Namespace, common: dict[str, Any]) -> dict[str, torch.Tensor]:
-    m, base, models = args.method, args.base, args.models
-    if m == "average":
-        return weighted_average(models, args.weights, **common)
-    if m == "slerp":
-        if len(models) != 2:
-            raise SystemExit(f"lightning-mix merge: error: slerp merges exactly 2 models, got {len(models)}")
-        return slerp(models[0], models[1], args.t, **common)
-    if m == "task_arithmetic":
-        return task_arithmetic(base, models, _one_or_many(args.lam, 0.3), **common)
-    if m == "ties":
-        return ties_merge(base, models, args.density, _scalar(args.lam, 1.0, m), **common)
-    if m == "dare":
-        lam = _one_or_many(args.lam, 1.0) if args.inner == "task_arithmetic" else _scalar(args.lam, 1.0, m)
-        return dare(base, models, args.p, lam, args.inner, args.seed, **common)
-    if m == "model_stock":
-        return model_stock(base, models, **common)
-    if m == "pcb":
-        return pcb_merge(base, models, args.keep_ratio, _scalar(args.lam, 1.0, m), **common)
-    if m == "consensus":
-        return consensus_merge(base, models, args.k, _one_or_many(args.mask_lam, 0.4), _scalar(args.lam, 0.3, m),
-                               args.inner, args.density, **common)
-    raise AssertionError(m)  # pragma: no cover
-
-
-def _checkpoint_metadata(path: str) -> tuple[dict[str, Any] | None, bool]:
-    """The non-weight entries of a Lightning checkpoint (None for a plain state dict)."""
-    obj, _ = load_checkpoint_lazy(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return {k: v for k, v in obj.items() if k not in _DROPPED_KEYS}, True
-    return None, False
-
-
-def save_atomically(obj: Any, output: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``output``, then rename it (never a partial file)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def merge_main(argv: list[str]) -> None:
-    """Entry point of ``lightning-mix merge`` (``argv`` without the subcommand)."""
-    parser = build_merge_parser()
-    args = parser.parse_args(argv)
-    if args.method in METHODS_WITH_BASE and not args.base:
-        parser.error(f"--method {args.method} needs --base (the checkpoint the models were fine-tuned from)")
-    if args.method not in METHODS_WITH_BASE and args.base:
-        parser.error(f"--method {args.method} takes no --base; list every model under --models")
-    output = Path(args.output)
-    inputs = [args.base, *args.models] if args.base else list(args.models)
-    for path in inputs:
-        if not Path(path).is_file():
-            parser.error(f"checkpoint {path!r} does not exist")
-    if output.exists() and not args.overwrite:
-        parser.error(f"{str(output)!r} exists; pass --overwrite to replace it")
-    limit_heap_growth()
-    common = {
-        "include": args.include,
-        "exclude": args.exclude,
-        "overrides": _parse_overrides(args.override),
-        "dtype": _DTYPES[args.dtype],
-        "device": args.device,
-        "progress": _progress(args.quiet),
+def _merge_record(args: argparse.Namespace, method: MergeMethod, params: Any, overrides: dict) -> dict[str, Any]:
+    return {
+        "method": method.name,
+        "base": args.base,
+        "models": list(args.models),
+        "params": dataclasses.asdict(params),
+        "options": {"include": args.include, "exclude": args.exclude, "overrides": overrides, "dtype": args.dtype},
     }
+
+
+def main(argv: list[str]) -> None:
+    """Run ``lightning-mix merge`` with ``argv`` (the arguments after ``merge``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    method = REGISTRY[args.method]
+    if method.needs_base and not args.base:
+        parser.error(f"--method {method.name} needs --base (the checkpoint the models were fine-tuned from)")
+    if not method.needs_base and args.base:
+        parser.error(f"--method {method.name} takes no --base; list every model under --models")
+    extra_files = {key: getattr(args, key) for key in method.extra_inputs}
+    for key, files in extra_files.items():
+        if not files:
+            parser.error(f"--method {method.name} needs {_flag(key)} (one file per model)")
+    stray_extras = [
+        k for k in {x for m in REGISTRY.values() for x in m.extra_inputs} if getattr(args, k) and k not in extra_files
+    ]
+    if stray_extras:
+        parser.error(f"{_flag(stray_extras[0])} is not an input of --method {method.name}")
+    inputs = [*([args.base] if args.base else []), *args.models, *[f for fs in extra_files.values() for f in fs]]
+    output = check_inputs_and_output(PROG, inputs, args.output, args.overwrite)
     try:
-        merged = _run_method(args, common)
-    except MergeError as err:
-        raise SystemExit(f"lightning-mix merge: error: {err}") from None
-    meta, lightning = _checkpoint_metadata(inputs[0])
-    if lightning:
-        checkpoint = dict(meta or {})
-        checkpoint["state_dict"] = merged
-        checkpoint["merge"] = {
-            "method": args.method,
-            "base": args.base,
-            "models": list(args.models),
-            "options": {k: v for k, v in vars(args).items() if k not in ("base", "models", "output", "quiet", "overwrite")},
+        params = _method_params(args, method)
+        overrides = _parse_overrides(args.override, method)
+        options = MergeOptions(
+            include=tuple(args.include) if args.include else None,
+            exclude=tuple(args.exclude) if args.exclude else None,
+            overrides=overrides,
+            dtype=_DTYPES[args.dtype],
+            device=args.device,
+            progress=progress_printer("merge", args.quiet),
+        )
+        merged = merge(method, args.models, params, options, base=args.base, extra=extra_files or None)
+        first = load_checkpoint(args.base or args.models[0])
+    except (MergeError, IncompatibleCheckpointsError, CheckpointError, pickle.UnpicklingError, OSError) as err:
+        fail(PROG, str(err))
+    meta = checkpoint_metadata(first)
+    if meta is not None:
+        checkpoint: dict[str, Any] = {
+            **meta,
+            "state_dict": merged,
+            "merge": _merge_record(args, method, params, overrides),
         }
     else:
         checkpoint = merged
-    save_atomically(checkpoint, output)
+    save_checkpoint_atomically(checkpoint, output)
     if not args.quiet:
-        print(f"merge: wrote {output} ({args.method}, {len(merged)} tensors)", file=sys.stderr)
-
-
-def build_soup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lightning-mix soup",
-        description="Build a model soup from checkpoints of separate runs, evaluated on the datamodule's validation data.",
-    )
-    p.add_argument("--models", nargs="+", required=True, help="checkpoints of one architecture (separate runs)")
-    p.add_argument("--config", action="append", required=True,
-                   help="LightningCLI YAML with the model and data (repeatable, later files override earlier ones)")
-    p.add_argument("--recipe", choices=["greedy", "uniform"], default="greedy", help="soup recipe (greedy)")
-    p.add_argument("--metric", default="val/acc", help="logged validation metric the greedy recipe ranks by (val/acc)")
-    p.add_argument("--mode", choices=["max", "min"], default="max", help="max if larger is better (max)")
-    p.add_argument("--strict", action="store_true", help="greedy: add an ingredient only if the metric strictly improves")
-    p.add_argument("--recalibrate-bn", action="store_true",
-                   help="recompute BatchNorm statistics on the training data before each evaluation")
-    p.add_argument("--output", required=True, help="where to write the soup checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return p
-
-
-def soup_main(argv: list[str]) -> None:
-    """Entry point of ``lightning-mix soup`` (``argv`` without the subcommand).
-
-    Builds the model and datamodule from ``--config`` (as ``lightning-mix fit`` would), loads each
-    checkpoint's weights into the model, runs ``trainer.validate`` to read ``--metric``, and writes
-    the soup as a Lightning checkpoint with the first checkpoint's hyperparameters, so
-    ``load_from_checkpoint`` works.
-    """
-    parser = build_soup_parser()
-    args = parser.parse_args(argv)
-    for path in args.models:
-        if not Path(path).is_file():
-            parser.error(f"checkpoint {path!r} does not exist")
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        parser.error(f"{str(output)!r} exists; pass --overwrite to replace it")
-
-    from lightning.pytorch import LightningDataModule, LightningModule
-
-    import lightning_mix.callbacks  # noqa: F401  (short class names in configs)
-    import lightning_mix.demos  # noqa: F401
-    from lightning_mix.averaging import greedy_soup, recalibrate_batchnorm, uniform_soup
-    from lightning_mix.cli import LightningMixCLI
-
-    cli_args: list[str] = []
-    for cfg in args.config:
-        cli_args += ["--config", cfg]
-    cli_args += ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-                 "--trainer.enable_model_summary=false"]
-    cli = LightningMixCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=cli_args, save_config_callback=None)
-    model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-    if datamodule is None:
-        parser.error("the config has no data section; the soup is evaluated on the datamodule's validation data")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-
-    def recalibrate(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        model.load_state_dict(state)
-        recalibrate_batchnorm(model, datamodule.train_dataloader())
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def evaluate(state: Mapping[str, torch.Tensor]) -> float:
-        model.load_state_dict(state)
-        results = trainer.validate(model, datamodule=datamodule, verbose=False)
-        if not results or args.metric not in results[0]:
-            raise SystemExit(f"lightning-mix soup: error: validation logged no {args.metric!r}; "
-                             f"logged: {sorted(results[0]) if results else []} (choose one with --metric)")
-        value = float(results[0][args.metric])
-        print(f"soup: {args.metric} = {value:.4f}", file=sys.stderr)
-        return value
-
-    if args.recipe == "uniform":
-        state = uniform_soup(args.models)
-        if args.recalibrate_bn:
-            state = recalibrate(state)
-        score = evaluate(state)
-        kept = list(range(len(args.models)))
-    else:
-        soup = greedy_soup(args.models, evaluate, mode=args.mode, strict=args.strict,
-                           recalibrate=recalibrate if args.recalibrate_bn else None)
-        state, score, kept = dict(soup), soup.metric, list(soup.kept)
-    meta, lightning = _checkpoint_metadata(args.models[kept[0]])
-    checkpoint = dict(meta or {}) if lightning else {}
-    checkpoint["state_dict"] = {k: v.detach().clone() for k, v in state.items()}
-    checkpoint.setdefault("hyper_parameters", dict(getattr(model, "hparams", {})))
-    checkpoint["soup"] = {"recipe": args.recipe, "metric": args.metric, "value": score,
-                          "kept": [args.models[i] for i in kept], "models": list(args.models)}
-    save_atomically(checkpoint, output)
-    print(f"soup: wrote {output} ({args.recipe}, {len(kept)} of {len(args.models)} ingredients, "
-          f"{args.metric} = {score:.4f})", file=sys.stderr)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    merge_main(sys.argv[1:])
+        print(f"merge: wrote {output} ({method.name}, {len(merged)} tensors)", file=sys.stderr)

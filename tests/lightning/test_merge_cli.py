@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lightning_mix.averaging.merging import consensus_merge, dare, model_stock, ties_merge, weighted_average
+from lightning_mix.merging import MergeOptions, consensus, dare, model_stock, ties, weighted_average
 from lightning_mix.demos import SmallCNN
-from lightning_mix.cli.merge import merge_main
+from lightning_mix.cli.merge import main as merge_main
 
 
 def _checkpoint(path, seed, width=4):
@@ -39,7 +39,7 @@ def test_merge_round_trip_loads_with_load_from_checkpoint(tmp_path, capsys):
     assert "merge [1/" in err and f"merge [{len(base)}/{len(base)}]" in err
     loaded = SmallCNN.load_from_checkpoint(out)
     assert loaded.hparams.width == 4 and loaded.hparams.lr == 1e-3
-    expected = ties_merge(base, [a, b], density=0.3, lam=0.8)
+    expected = ties(base, [a, b], density=0.3, lam=0.8)
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, expected[k])
     assert loaded.block1[1].num_batches_tracked.item() == base["block1.1.num_batches_tracked"].item()
@@ -52,11 +52,12 @@ def test_merge_average_dtype_filters_and_overrides(tmp_path):
     a = _checkpoint(tmp_path / "a.ckpt", 1)
     b = _checkpoint(tmp_path / "b.ckpt", 2)
     out = tmp_path / "avg.ckpt"
-    merge_main(["--method", "average", "--models", str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"),
+    merge_main(["--method", "weighted_average", "--models", str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"),
                 "--weights", "3", "1", "--exclude", "head.*", "--override", "block1.*:weights=1,1",
                 "--dtype", "bfloat16", "--quiet", "--output", str(out)])
     sd = torch.load(out, weights_only=True)["state_dict"]
-    expected = weighted_average([a, b], [3.0, 1.0], exclude="head.*", overrides={"block1.*": {"weights": [1, 1]}}, dtype=torch.bfloat16)
+    options = MergeOptions(exclude="head.*", overrides={"block1.*": {"weights": (1.0, 1.0)}}, dtype=torch.bfloat16)
+    expected = weighted_average([a, b], [3.0, 1.0], options=options)
     for k in expected:
         assert torch.equal(sd[k], expected[k]), k
     assert sd["block2.0.weight"].dtype == torch.bfloat16 and torch.equal(sd["head.weight"], a["head.weight"])
@@ -76,7 +77,7 @@ def test_merge_refuses_mismatch_and_leaves_no_file(tmp_path):
         merge_main(["--method", "ties", "--models", str(tmp_path / "a.ckpt"), "--output", str(out)])  # no --base
     (tmp_path / "exists.ckpt").write_bytes(b"keep me")
     with pytest.raises(SystemExit):
-        merge_main(["--method", "average", "--models", str(tmp_path / "a.ckpt"), str(tmp_path / "base.ckpt"),
+        merge_main(["--method", "weighted_average", "--models", str(tmp_path / "a.ckpt"), str(tmp_path / "base.ckpt"),
                     "--output", str(tmp_path / "exists.ckpt")])
     assert (tmp_path / "exists.ckpt").read_bytes() == b"keep me"
 
@@ -93,7 +94,7 @@ def test_plain_state_dict_files(tmp_path):
 def test_soup_greedy_from_checkpoints(tmp_path):
     from pathlib import Path
 
-    from lightning_mix.cli.merge import soup_main
+    from lightning_mix.cli.soup import main as soup_main
 
     config = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
     paths = []
@@ -119,7 +120,7 @@ def test_soup_greedy_from_checkpoints(tmp_path):
         (["--method", "dare", "--p", "0.5", "--seed", "1", "--lam", "0.5"],
          lambda b, ms: dare(b, ms, p=0.5, lam=0.5, seed=1)),
         (["--method", "consensus", "--k", "2", "--mask-lam", "0.3", "--lam", "0.6"],
-         lambda b, ms: consensus_merge(b, ms, k=2, mask_lam=0.3, lam=0.6)),
+         lambda b, ms: consensus(b, ms, k=2, mask_lam=0.3, lam=0.6)),
         (["--method", "model_stock"],
          lambda b, ms: model_stock(b, ms)),
     ],
@@ -140,7 +141,7 @@ def test_merge_methods_match_the_library(tmp_path, argv, reference):
 def test_soup_uniform_with_batchnorm_recalibration(tmp_path):
     from pathlib import Path
 
-    from lightning_mix.cli.merge import soup_main
+    from lightning_mix.cli.soup import main as soup_main
 
     config = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
     paths = []

@@ -212,3 +212,23 @@ def test_interpolate_lerps_weights_and_recomputes_batchnorm():
     recalibrate_batchnorm(manual, [x[:16], x[16:]])
     torch.testing.assert_close(mid.features[1].running_var, manual.features[1].running_var)
     assert not torch.allclose(mid.features[1].running_mean, 0.75 * a.features[1].running_mean + 0.25 * b.features[1].running_mean)
+
+
+def test_batchnorm_statistics_stay_out_of_the_objective_by_default():
+    """git-re-basin matches parameters only; running statistics that disagree must not steer the match."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    net[1].running_mean.copy_(torch.randn(8) * 1e4)
+    x = torch.randn(16, 4)
+    spec = infer_permutation_spec(net, x[:4])
+    permuted, _ = _plant(net, spec, seed=2)
+    state = permuted.state_dict()
+    gen = torch.Generator().manual_seed(9)
+    state["1.running_mean"] = torch.randn(8, generator=gen) * 1e4  # statistics unrelated to the weights
+    state["1.running_var"] = torch.rand(8, generator=gen) * 1e4
+    permuted.load_state_dict(state)
+    aligned = weight_matching(net, permuted, example_input=x[:4]).state_dict()
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight"):
+        assert torch.equal(aligned[name], net.state_dict()[name]), name
+    with_stats = weight_matching(net, permuted, example_input=x[:4], batchnorm_statistics=True).state_dict()
+    assert not torch.equal(with_stats["0.weight"], net.state_dict()["0.weight"])  # the statistics won the match

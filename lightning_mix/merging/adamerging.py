@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_mix.averaging.merging.core import MergeError, check_compatible
-from lightning_mix.averaging.merging.io import StateDictLike, StateDictSource
+from lightning_mix.checkpoint_io import check_compatible
+from lightning_mix.merging.registry import MergeError
+from lightning_mix.merging.sources import StateDictLike, StateDictSource
 
 __all__ = ["adamerging", "prediction_entropy"]
 
@@ -88,18 +89,24 @@ def adamerging(
 
     if granularity not in ("task", "layer"):
         raise MergeError(f"granularity must be 'task' or 'layer', got {granularity!r}")
-    sources = [StateDictSource.open(base, "base")] + [StateDictSource.open(m, f"model {i}") for i, m in enumerate(models)]
+    sources = [StateDictSource.open(base, "base")] + [
+        StateDictSource.open(m, f"model {i}") for i, m in enumerate(models)
+    ]
     if len(sources) < 2:
         raise MergeError("adamerging needs at least one fine-tuned model")
-    names = check_compatible(sources)
+    names = check_compatible([s.tensors for s in sources], [s.label for s in sources])
     device = next(iter(module.parameters()), torch.empty(0)).device
     base_sd = {n: sources[0][n].detach().to(device) for n in names}
     merged_names = [n for n in names if base_sd[n].is_floating_point()]
     param_names = {n for n, _ in module.named_parameters()}
     merged_names = [n for n in merged_names if n in param_names]
     if not merged_names:
-        raise MergeError("none of the state dict's tensors are parameters of the module; pass the matching architecture")
-    taus = [{n: (s[n].detach().to(device, torch.float32) - base_sd[n].float()) for n in merged_names} for s in sources[1:]]
+        raise MergeError(
+            "none of the state dict's tensors are parameters of the module; pass the matching architecture"
+        )
+    taus = [
+        {n: (s[n].detach().to(device, torch.float32) - base_sd[n].float()) for n in merged_names} for s in sources[1:]
+    ]
     shape = (len(taus),) if granularity == "task" else (len(taus), len(merged_names))
     coef = torch.full(shape, float(init), device=device, requires_grad=True)
     optimizer = torch.optim.Adam([coef], lr=lr)
