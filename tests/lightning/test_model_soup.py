@@ -43,7 +43,7 @@ def _validate(model, tmp_path, **kwargs):
 def test_soups_are_the_recalibrated_means_and_checkpoints_reproduce_the_logged_metrics(tmp_path):
     torch.manual_seed(0)
     storage = tmp_path / "ingredients"
-    soup = ModelSoup(storage=str(storage), monitor="val/acc", keep="uniform")
+    soup = ModelSoup(storage=str(storage), keep="uniform")
     trainer = _trainer(tmp_path, [soup])
     trainer.fit(SoupNet(), SoupData())
 
@@ -69,7 +69,7 @@ def test_soups_are_the_recalibrated_means_and_checkpoints_reproduce_the_logged_m
     for name in ("uniform", "greedy"):
         model = SoupNet.load_from_checkpoint(soup.soup_paths[name])
         assert _validate(model, tmp_path)["val/acc"] == pytest.approx(soup.results[name], abs=1e-6)
-        assert float(trainer.callback_metrics[f"soup/{name}/val/acc"]) == pytest.approx(soup.results[name])
+        assert float(trainer.callback_metrics[f"soup/{name}/acc"]) == pytest.approx(soup.results[name])
     # each ingredient's metric is that of its own weights
     model = SoupNet()
     model.load_state_dict(ingredients[1])
@@ -121,8 +121,7 @@ def test_resume_gives_identical_ingredients(tmp_path, on_disk):
 
 def test_max_ingredients_every_n_epochs_start_epoch_and_mode_min(tmp_path):
     storage = tmp_path / "ing"
-    soup = ModelSoup(every_n_epochs=2, start_epoch=1, max_ingredients=2, storage=str(storage), monitor="val/loss",
-                     mode="min", recipes=("greedy",), recalibrate_bn=False, keep="best", save_soups=False)
+    soup = ModelSoup(every_n_epochs=2, start_epoch=1, max_ingredients=2, storage=str(storage), score="nll", recipes=("greedy",), recalibrate_bn=False, keep="best", save_soups=False)
     torch.manual_seed(0)
     trainer = _trainer(tmp_path, [soup], max_epochs=6)
     trainer.fit(SoupNet(), SoupData())
