@@ -57,9 +57,9 @@ def fit_seconds(variant: str, epochs: int, workdir: str) -> tuple[float, float, 
     if variant == "ema":
         callbacks.append(timed_hooks(EMA(decay=0.99, warmup=True), spent))
     elif variant == "soup":
-        callbacks.append(timed_hooks(ModelSoup(dirpath=workdir), spent))
+        callbacks.append(timed_hooks(ModelSoup(dirpath=tempfile.mkdtemp(dir=workdir)), spent))
     elif variant.startswith("soup-bn"):  # BatchNorm recalibrated on N training samples
-        soup = ModelSoup(dirpath=workdir, bn_samples=int(variant.removeprefix("soup-bn")))
+        soup = ModelSoup(dirpath=tempfile.mkdtemp(dir=workdir), bn_samples=int(variant.removeprefix("soup-bn")))
         callbacks.append(timed_hooks(soup, spent))
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -19,14 +19,14 @@ from torch import nn
 
 from lightning_mix.callbacks._batch_feed import BatchKey, batch_entry, model_input
 
-__all__ = ["Scorer", "resolve_scorer", "default_mode", "score_name", "mean_score"]
+__all__ = ["Scorer", "LabelScore", "resolve_scorer", "default_mode", "score_name", "mean_score"]
 
 Scorer = Callable[[nn.Module, Any], torch.Tensor]
 _BUILTIN_MODES = {"accuracy": "max", "nll": "min"}
 _BUILTIN_NAMES = {"accuracy": "acc", "nll": "nll"}
 
 
-class _LabelScore:
+class LabelScore:
     """Per-sample accuracy or NLL of ``module(input)`` against class indices or dense (soft) targets."""
 
     def __init__(self, kind: str, input_key: BatchKey | None, target_key: BatchKey | None) -> None:
@@ -47,8 +47,14 @@ class _LabelScore:
             raise TypeError(f"ModelSoup: the labels must be a tensor, got {type(target).__name__}; set target_key.")
         return target
 
+    def model_input(self, batch: Any) -> Any:
+        return model_input(batch, self.input_key, "ModelSoup")
+
     def __call__(self, module: nn.Module, batch: Any) -> torch.Tensor:
-        logits = module(model_input(batch, self.input_key, "ModelSoup"))
+        return self.from_logits(module(self.model_input(batch)), batch)
+
+    def from_logits(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The per-sample values for logits the module already computed on ``batch``'s model input."""
         target = self.target(batch)
         dense = target.is_floating_point() and target.dim() == logits.dim()
         if self.kind == "accuracy":
@@ -62,7 +68,7 @@ def resolve_scorer(score: str | Scorer, input_key: BatchKey | None, target_key: 
     if callable(score):
         return score
     if score in _BUILTIN_MODES:
-        return _LabelScore(score, input_key, target_key)
+        return LabelScore(score, input_key, target_key)
     if "." not in score:
         raise ValueError(
             f"ModelSoup(score={score!r}): use one of {sorted(_BUILTIN_MODES)}, an import path "

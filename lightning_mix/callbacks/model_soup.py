@@ -19,8 +19,9 @@ from lightning_mix.averaging.batchnorm import batchnorm_layers, recalibrate_batc
 from lightning_mix.averaging.soups import greedy_soup, load_ingredient, save_ingredient, uniform_soup
 from lightning_mix.callbacks._batch_feed import BatchKey, model_input, on_host, to_device, transferred
 from lightning_mix.callbacks._ownership import WeightOwner, resolve_weight_owner
-from lightning_mix.callbacks._soup_scoring import Scorer, default_mode, mean_score, resolve_scorer, score_name
+from lightning_mix.callbacks._soup_scoring import LabelScore, Scorer, default_mode, mean_score, resolve_scorer, score_name
 from lightning_mix.callbacks._trainer_state import check_not_sharded, is_last_training_batch
+from lightning_mix.callbacks._validation_reuse import ValidationCapture, weights_fingerprint
 
 __all__ = ["ModelSoup"]
 
@@ -239,6 +240,9 @@ class ModelSoup(WeightOwner, Callback):
         self._trained: tuple[int, dict[str, Any]] | None = None  # (step, weights) when no snapshot has them
         self._bn_cache: list[Any] | None = None
         self._in_module: Mapping[str, Any] | None = None  # a state the module holds right now (skip a reload)
+        self._pending: tuple[dict[str, Any], torch.Tensor] | None = None  # a snapshot its validation may score
+        self._capture: ValidationCapture | None = None
+        self._capture_entry: dict[str, Any] = {}
         self.results: dict[str, float] = {}
         self.greedy_epochs: list[int] = []
         self.soup_paths: dict[str, str] = {}
@@ -353,6 +357,41 @@ class ModelSoup(WeightOwner, Callback):
     ) -> None:
         if not self._val_checked and dataloader_idx == self.dataloader_idx:
             self._check_val_batch(trainer, pl_module, batch)
+        if self._capture is not None:
+            self._capture.start_batch()
+
+    # ------------------------------------------------------------------ ingredient scores from the fit's validation
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or trainer.sanity_checking:
+            return
+        entry, fingerprint = pending
+        same_weights = entry["step"] == trainer.global_step and torch.equal(weights_fingerprint(pl_module), fingerprint)
+        if same_weights and isinstance(self._scorer, LabelScore):
+            self._capture = ValidationCapture(pl_module, self._scorer, fingerprint)
+            self._capture_entry = entry
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is not None and dataloader_idx == self.dataloader_idx:
+            self._capture.end_batch(batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        capture, self._capture = self._capture, None
+        if capture is None:
+            return
+        counts = trainer.num_val_batches
+        expected = counts[self.dataloader_idx] if self.dataloader_idx < len(counts) else -1
+        score = capture.finish(expected)
+        if score is not None:
+            self._capture_entry["score"] = score
 
     def _check_val_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         """Score one validation batch now, so a scorer that cannot read the batches fails before training."""
@@ -415,6 +454,8 @@ class ModelSoup(WeightOwner, Callback):
         else:
             entry["state_dict"] = state
         self._ingredients.append(entry)
+        if isinstance(self._scorer, LabelScore) and trainer.world_size == 1:
+            self._pending = (entry, weights_fingerprint(pl_module))
         if self.max_ingredients is not None:
             while len(self._ingredients) > self.max_ingredients:
                 dropped = self._ingredients.pop(0)
@@ -428,7 +469,7 @@ class ModelSoup(WeightOwner, Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = True
         self._ingredients = [
-            {k: v for k, v in ing.items() if k in ("epoch", "step", "state_dict", "path")}
+            {k: v for k, v in ing.items() if k in ("epoch", "step", "state_dict", "path", "score")}
             for ing in state_dict.get("ingredients", [])
         ]
         self._last_epoch = int(state_dict.get("last_epoch", -1))
@@ -572,7 +613,10 @@ class ModelSoup(WeightOwner, Callback):
                     stacklevel=2,
                 )
                 continue
-            score = self._score_weights(trainer, pl_module, state, f"ingredient {i + 1}/{count} (epoch {epoch})")
+            if "score" in self._ingredients[i]:  # scored by the fit's own validation, on exactly these weights
+                score = self._ingredients[i]["score"]
+            else:
+                score = self._score_weights(trainer, pl_module, state, f"ingredient {i + 1}/{count} (epoch {epoch})")
             self.results[f"epoch={epoch}"] = score
             usable.append(i)
             scores.append(score)

@@ -49,10 +49,14 @@ def test_ddp_scores_are_exact_over_unequal_shards(tmp_path):
     data = SoupData()
     data.setup()
     x, y = data.val_set.tensors
+    gaps = []
     for epoch, ingredient in enumerate(a["ingredients"]):
         exact = _accuracy(ingredient, x, y)  # over all 96 samples
-        # the mean of the ranks' means (64 and 32 samples) weighs rank 1's samples twice
         assert a["results"][f"epoch={epoch}"] == pytest.approx(exact, abs=1e-12), epoch
+        # the mean of the ranks' means (64 and 32 samples) weighs rank 1's samples twice
+        mean_of_means = (_accuracy(ingredient, x[:64], y[:64]) + _accuracy(ingredient, x[64:], y[64:])) / 2
+        gaps.append(abs(mean_of_means - exact))
+    assert max(gaps) > 0.005  # so the test tells the two reductions apart
     uniform = uniform_soup(a["ingredients"])
     assert a["results"]["uniform"] == pytest.approx(_accuracy(uniform, x, y), abs=1e-12)
     for key in a["state_dict"]:

@@ -182,6 +182,7 @@ def test_greedy_soup_in_the_callback_leaves_out_a_harmful_ingredient(tmp_path):
     for key in ("net.0.weight", "net.3.weight"):
         harmful[key] = torch.randn(harmful[key].shape, generator=g) * 20.0
     soup._ingredients[1]["state_dict"] = harmful
+    soup._ingredients[1].pop("score", None)  # the score from the fit's validation was for the old weights
     soup.on_train_end(trainer, model)
     assert 1 not in soup.greedy_epochs and len(soup.greedy_epochs) >= 1
     assert soup.results["epoch=1"] < min(soup.results["epoch=0"], soup.results["epoch=2"])
@@ -547,3 +548,48 @@ def test_weight_owner_contract(tmp_path):
     trained = soup.ingredient_state_dicts()[-1]
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key]) and torch.equal(probe.weights[key], value), key
+
+
+class SwapsWeightsForValidation(Callback):
+    """Like EMA's validation swap: other weights during validation, the trained ones back after."""
+
+    def on_validation_start(self, trainer, pl_module):
+        self.saved = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        with torch.no_grad():
+            pl_module.net[0].weight.mul_(0.5)
+
+    def on_validation_end(self, trainer, pl_module):
+        pl_module.load_state_dict(self.saved)
+
+
+class ValidatesTwice(SoupNet):
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("case", ["untouched", "swapped", "two_forwards", "custom_score"])
+def test_ingredient_scores_come_from_the_fits_validation_only_when_it_ran_on_exactly_their_weights(tmp_path, case):
+    torch.manual_seed(0)
+    options = {"score": _mean_confidence, "mode": "max"} if case == "custom_score" else {}
+    soup = ModelSoup(recipes=("uniform",), save_soups=False, **options)
+    scored = []
+    original = soup._score_weights
+
+    def counting(trainer, module, state, label):
+        scored.append(label)
+        return original(trainer, module, state, label)
+
+    soup._score_weights = counting
+    extra = [SwapsWeightsForValidation()] if case == "swapped" else []
+    model = ValidatesTwice() if case == "two_forwards" else SoupNet()
+    _trainer(tmp_path, [*extra, soup], max_epochs=3).fit(model, SoupData())
+    ingredient_passes = [label for label in scored if label.startswith("ingredient")]
+    assert ingredient_passes == ([] if case == "untouched" else [f"ingredient {i + 1}/3 (epoch {i})" for i in range(3)])
+    # either way each ingredient's score is that of its own weights
+    data = SoupData()
+    data.setup()
+    for epoch, ingredient in zip(soup.ingredient_epochs, soup.ingredient_state_dicts()):
+        if case != "custom_score":
+            expected = _independent_scores(ingredient, data)[0]
+            assert soup.results[f"epoch={epoch}"] == pytest.approx(expected, abs=1e-12)
