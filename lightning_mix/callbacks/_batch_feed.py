@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-__all__ = ["BatchKey", "on_host", "to_device", "transferred", "model_input", "batch_entry"]
+__all__ = ["BatchKey", "batch_entry", "model_input", "on_host", "to_device", "transferred"]
 
 BatchKey = int | str
 
@@ -40,7 +40,7 @@ def to_device(trainer: pl.Trainer, batch: Any, dataloader_idx: int = 0) -> Any:
 
 
 def transferred(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable, limit: int | float | None, dataloader_idx: int = 0
+    trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable, limit: float | None, dataloader_idx: int = 0
 ) -> Iterator[Any]:
     """The first ``limit`` batches of ``loader`` (all when ``None`` or infinite), each ready for the module."""
     batches: Iterable = loader

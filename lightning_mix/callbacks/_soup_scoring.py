@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_mix.callbacks._batch_feed import BatchKey, batch_entry, model_input
 
-__all__ = ["Scorer", "LabelScore", "resolve_scorer", "default_mode", "score_name", "mean_score"]
+__all__ = ["LabelScore", "Scorer", "default_mode", "mean_score", "resolve_scorer", "score_name"]
 
 Scorer = Callable[[nn.Module, Any], torch.Tensor]
 _BUILTIN_MODES = {"accuracy": "max", "nll": "min"}
@@ -80,7 +80,7 @@ def resolve_scorer(score: str | Scorer, input_key: BatchKey | None, target_key: 
     except (ImportError, AttributeError) as error:
         raise ValueError(f"ModelSoup(score={score!r}): cannot import it ({error}).") from error
     if not callable(found):
-        raise ValueError(f"ModelSoup(score={score!r}) is a {type(found).__name__}, not a callable.")
+        raise TypeError(f"ModelSoup(score={score!r}) is a {type(found).__name__}, not a callable.")
     return found
 
 

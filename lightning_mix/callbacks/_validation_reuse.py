@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_mix.callbacks._soup_scoring import LabelScore
 
-__all__ = ["weights_fingerprint", "ValidationCapture"]
+__all__ = ["ValidationCapture", "weights_fingerprint"]
 
 
 def weights_fingerprint(module: nn.Module) -> torch.Tensor:
@@ -66,7 +66,7 @@ class ValidationCapture:
         self.totals = pair if self.totals is None else self.totals + pair
         self.batches += 1
 
-    def finish(self, expected_batches: int | float) -> float | None:
+    def finish(self, expected_batches: float) -> float | None:
         """Remove the hook; the mean score, or ``None`` when the capture does not stand for the snapshot."""
         self.handle.remove()
         if not self.valid or self.totals is None or self.batches != expected_batches:

@@ -16,12 +16,35 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_mix.averaging.batchnorm import batchnorm_layers, recalibrate_batchnorm
-from lightning_mix.averaging.soups import greedy_soup, load_ingredient, save_ingredient, uniform_soup
-from lightning_mix.callbacks._batch_feed import BatchKey, model_input, on_host, to_device, transferred
+from lightning_mix.averaging.soups import (
+    greedy_soup,
+    load_ingredient,
+    save_ingredient,
+    uniform_soup,
+)
+from lightning_mix.callbacks._batch_feed import (
+    model_input,
+    on_host,
+    to_device,
+    transferred,
+)
 from lightning_mix.callbacks._ownership import WeightOwner, resolve_weight_owner
-from lightning_mix.callbacks._soup_scoring import LabelScore, Scorer, default_mode, mean_score, resolve_scorer, score_name
-from lightning_mix.callbacks._trainer_state import check_not_sharded, is_last_training_batch
-from lightning_mix.callbacks._validation_reuse import ValidationCapture, weights_fingerprint
+from lightning_mix.callbacks._soup_scoring import (
+    LabelScore,
+    Scorer,
+    default_mode,
+    mean_score,
+    resolve_scorer,
+    score_name,
+)
+from lightning_mix.callbacks._trainer_state import (
+    check_not_sharded,
+    is_last_training_batch,
+)
+from lightning_mix.callbacks._validation_reuse import (
+    ValidationCapture,
+    weights_fingerprint,
+)
 
 __all__ = ["ModelSoup"]
 
@@ -326,7 +349,7 @@ class ModelSoup(WeightOwner, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.val_dataloaders is None:  # no sanity check ran: load them now, as the first validation would
             trainer.fit_loop.epoch_loop.val_loop.setup_data()
-        loader, limit = self._val_loader(trainer)
+        loader, _ = self._val_loader(trainer)
         if not self._val_checked:
             batch = next(iter(transferred(trainer, pl_module, loader, 1, self.dataloader_idx)), None)
             if batch is None:

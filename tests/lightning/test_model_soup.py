@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from soup_common import SoupData, SoupNet
+from torch.utils.data import DataLoader, TensorDataset
 
-from soup_common import SoupData, SoupNet  # noqa: E402
-
-from lightning_mix.averaging import load_ingredient, recalibrate_batchnorm, uniform_soup  # noqa: E402
-from lightning_mix.callbacks.model_soup import ModelSoup  # noqa: E402
+from lightning_mix.averaging import load_ingredient, recalibrate_batchnorm, uniform_soup
+from lightning_mix.callbacks._ownership import WeightOwner
+from lightning_mix.callbacks.model_soup import ModelSoup
 
 pytestmark = pytest.mark.slow
 
@@ -242,12 +242,6 @@ def test_batchnorm_feed_picks_the_input_or_explains_how_to():
 
 
 # ---------------------------------------------------------------------------- issue 10: composition and misconfiguration
-import torch.nn.functional as F  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-from soup_common import make_data  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from lightning_mix.callbacks._ownership import WeightOwner  # noqa: E402
 
 
 class CountingNet(SoupNet):

@@ -6,7 +6,6 @@ import os
 import sys
 
 import lightning.pytorch as pl
-import torch
 from ddp_run import ddp_trainer, save_and_close
 from soup_common import SoupData, SoupNet
 from torch.utils.data import DataLoader, Subset
@@ -19,7 +18,7 @@ class UnevenValData(SoupData):
 
     def val_dataloader(self):
         rank = self.trainer.global_rank
-        indices = range(0, 64) if rank == 0 else range(64, 96)
+        indices = range(64) if rank == 0 else range(64, 96)
         return DataLoader(Subset(self.val_set, list(indices)), batch_size=self.batch_size, shuffle=False)
 
 
