@@ -320,6 +320,7 @@ class ModelSoup(WeightOwner, Callback):
         """Remove stale temporary files; refuse (or, with ``overwrite``, delete) an earlier run's files."""
         directories = [d for d in self._directories(trainer) if d.is_dir()]
         referenced = {Path(ing["path"]).resolve() for ing in self._ingredients if "path" in ing}
+        referenced |= {Path(path).resolve() for path in self.soup_paths.values()}  # a second fit of this callback
         earlier = [
             path
             for directory in directories
