@@ -100,7 +100,11 @@ class ModelSoup(WeightOwner, Callback):
     callable, or from YAML its import path ``"package.module.function"``). Labels are
     ``batch[target_key]`` (default: ``batch[1]`` of a list/tuple batch; dense targets are argmaxed),
     the model input ``batch[input_key]`` (default: the batch if a tensor, ``batch[0]``, or a dict's one
-    tensor entry). The module's own ``validation_step`` and logged metrics are not used.
+    tensor entry). The module's logged metrics are not used. On a single process with a built-in
+    score, an ingredient is scored from the logits of the fit's own epoch-end validation when that
+    validation ran on exactly its weights and called the module once per batch on the model input
+    (a forward hook removed by its handle; a fingerprint of the weights checked before and after);
+    otherwise it is scored by the callback's loop at the end.
 
     **Cooking** (``on_train_end``, so whatever evaluates the final model in ``on_fit_end`` sees the
     result): each ingredient is scored as it was saved; ``"uniform"`` is the mean of all
