@@ -37,6 +37,13 @@ from lightning_mix.callbacks._soup_scoring import (
     resolve_scorer,
     score_name,
 )
+from lightning_mix.callbacks._soup_storage import (
+    INGREDIENT_GLOB,
+    earlier_run_files,
+    ingredient_path,
+    remove_stale_tmp_files,
+    soup_paths,
+)
 from lightning_mix.callbacks._trainer_state import (
     check_not_sharded,
     is_last_training_batch,
@@ -50,9 +57,6 @@ __all__ = ["ModelSoup"]
 
 _RECIPES = ("uniform", "greedy")
 _KEEP = ("best", "uniform", "greedy", "last")
-_INGREDIENT_GLOB = "ingredient-epoch=*.pt"
-_SOUP_GLOB = "soup-*.ckpt"
-_TMP_GLOBS = (".ingredient-epoch=*.tmp", ".soup-*.ckpt.tmp")
 
 
 def _distributed() -> bool:
@@ -322,16 +326,9 @@ class ModelSoup(WeightOwner, Callback):
 
     def _prepare_directories(self, trainer: pl.Trainer) -> None:
         """Remove stale temporary files; refuse (or, with ``overwrite``, delete) an earlier run's files."""
-        directories = [d for d in self._directories(trainer) if d.is_dir()]
-        referenced = {Path(ing["path"]).resolve() for ing in self._ingredients if "path" in ing}
-        referenced |= {Path(path).resolve() for path in self.soup_paths.values()}  # a second fit of this callback
-        earlier = [
-            path
-            for directory in directories
-            for pattern in (_INGREDIENT_GLOB, _SOUP_GLOB)
-            for path in sorted(directory.glob(pattern))
-            if path.resolve() not in referenced
-        ]
+        directories = self._directories(trainer)
+        ours = [ing["path"] for ing in self._ingredients if "path" in ing] + list(self.soup_paths.values())
+        earlier = earlier_run_files(directories, ours)
         resuming = self._restored
         if earlier and not resuming and not self.overwrite:
             raise FileExistsError(
@@ -341,13 +338,10 @@ class ModelSoup(WeightOwner, Callback):
             )
         trainer.strategy.barrier("ModelSoup.check_directories")  # every rank has looked before rank 0 deletes
         if trainer.is_global_zero:
-            for directory in directories:
-                for pattern in _TMP_GLOBS:
-                    for path in directory.glob(pattern):
-                        path.unlink(missing_ok=True)
+            remove_stale_tmp_files(directories)
             # an overwrite, or (resuming) ingredients of that run newer than its checkpoint; its soups are cooked again
             for path in earlier:
-                if not resuming or path.match(_INGREDIENT_GLOB):
+                if not resuming or path.match(INGREDIENT_GLOB):
                     path.unlink(missing_ok=True)
         trainer.strategy.barrier("ModelSoup.prepare_directories")
 
@@ -475,7 +469,7 @@ class ModelSoup(WeightOwner, Callback):
         state = self._broadcast_state(trainer, pl_module, cpu=not self.on_disk)
         entry: dict[str, Any] = {"epoch": epoch, "step": trainer.global_step}
         if self.on_disk:
-            path = Path(self.storage) / f"ingredient-epoch={epoch:04d}.pt"
+            path = ingredient_path(self.storage, epoch)
             if trainer.is_global_zero:
                 save_ingredient(state, path)
             entry["path"] = str(path)
@@ -732,8 +726,7 @@ class ModelSoup(WeightOwner, Callback):
             pl_module.load_state_dict(state)
         self._in_module = state
         directory = self._soup_dir(trainer)
-        path = directory / f"soup-{name}.ckpt"
-        tmp = directory / f".soup-{name}.ckpt.tmp"
+        path, tmp = soup_paths(directory, name)
         if trainer.is_global_zero:
             directory.mkdir(parents=True, exist_ok=True)
         try:
