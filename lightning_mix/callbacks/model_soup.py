@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -136,7 +137,9 @@ class ModelSoup(WeightOwner, Callback):
     them, the module gets back exactly what it held before cooking (:attr:`kept` is ``None``), and
     the soups stay available as files and in :attr:`results`. If cooking fails, the module also gets
     those weights back before the error propagates. A checkpoint saved after fit holds what the
-    module holds.
+    module holds in ``state_dict`` and, when that is a soup, the trained weights in
+    ``current_model_state`` (Lightning's ``WeightAveraging`` layout); a fit resumed from it trains on
+    from the trained weights.
 
     **Misconfiguration** is caught before training: no validation (no val dataloader, no
     ``validation_step``, ``limit_val_batches=0``) at setup; an empty validation set, a batch the
@@ -274,6 +277,7 @@ class ModelSoup(WeightOwner, Callback):
         self._pending: tuple[dict[str, Any], torch.Tensor] | None = None  # a snapshot its validation may score
         self._capture: ValidationCapture | None = None
         self._capture_entry: dict[str, Any] = {}
+        self._trained_after_cooking: Mapping[str, Any] | None = None  # when the module holds a soup instead
         self.results: dict[str, float] = {}
         self.greedy_epochs: list[int] = []
         self.soup_paths: dict[str, str] = {}
@@ -314,6 +318,7 @@ class ModelSoup(WeightOwner, Callback):
                 f"module, and keep limit_val_batches > 0 (it is {trainer.limit_val_batches})."
             )
         self._val_checked = self._train_checked = False
+        self._trained_after_cooking = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._prepare_directories(trainer)
@@ -504,6 +509,16 @@ class ModelSoup(WeightOwner, Callback):
             )
             self._ingredients = [ing for ing in self._ingredients if ing.get("path") not in missing]
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # state_dict holds what the module holds (the soup); the trained weights go where Lightning's
+        # WeightAveraging puts them, so a fit resumed from this checkpoint trains on from them
+        if self._trained_after_cooking is not None:
+            checkpoint["current_model_state"] = dict(self._trained_after_cooking)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and "current_model_state" in checkpoint:
+            pl_module.load_state_dict(checkpoint["current_model_state"])  # train on from the trained weights
+
     # ------------------------------------------------------------------ scoring and BatchNorm passes
     def _score_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any], label: str) -> float:
         rank_zero_info(f"ModelSoup: scoring {label}")
@@ -598,6 +613,8 @@ class ModelSoup(WeightOwner, Callback):
             if self._owner and choice is not None:
                 pl_module.load_state_dict(weights)
                 self.kept = choice
+                if choice != "last":
+                    self._trained_after_cooking = self._trained_weights(trainer, held)
             else:
                 pl_module.load_state_dict(held)
         except BaseException:

@@ -587,3 +587,30 @@ def test_ingredient_scores_come_from_the_fits_validation_only_when_it_ran_on_exa
         if case != "custom_score":
             expected = _independent_scores(ingredient, data)[0]
             assert soup.results[f"epoch={epoch}"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_checkpoint_saved_after_fit_holds_the_soup_and_resumes_from_the_trained_weights(tmp_path):
+    """state_dict: what the module holds (the soup); current_model_state: the trained weights, from which
+    a resumed fit trains on (bitwise as an uninterrupted fit)."""
+    torch.manual_seed(0)
+    full = ModelSoup(recipes=("uniform",), keep="uniform", save_soups=False, recalibrate_bn=False)
+    _trainer(tmp_path / "a", [full], max_epochs=4).fit(SoupNet(), SoupData())
+
+    torch.manual_seed(0)
+    first = ModelSoup(recipes=("uniform",), keep="uniform", save_soups=False, recalibrate_bn=False)
+    trainer = _trainer(tmp_path / "b", [first], max_epochs=3)
+    model = SoupNet()
+    trainer.fit(model, SoupData())
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    checkpoint = torch.load(tmp_path / "after.ckpt", weights_only=False)
+    trained = first.ingredient_state_dicts()[-1]
+    for key, value in model.state_dict().items():
+        assert torch.equal(checkpoint["state_dict"][key], value), key  # the soup
+        assert torch.equal(checkpoint["current_model_state"][key], trained[key]), key
+
+    resumed = ModelSoup(recipes=("uniform",), keep="uniform", save_soups=False, recalibrate_bn=False)
+    _trainer(tmp_path / "c", [resumed], max_epochs=4).fit(SoupNet(), SoupData(), ckpt_path=tmp_path / "after.ckpt")
+    assert resumed.ingredient_epochs == [0, 1, 2, 3]
+    last_full, last_resumed = full.ingredient_state_dicts()[-1], resumed.ingredient_state_dicts()[-1]
+    for key in last_full:
+        assert torch.equal(last_full[key], last_resumed[key]), key
