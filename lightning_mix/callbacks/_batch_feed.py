@@ -5,7 +5,7 @@ ModelSoup's BatchNorm pass and candidate scoring) must move each batch exactly a
 or a normalisation done in a transfer hook, a custom batch type or the precision plugin's input
 cast is silently skipped. Everything here uses Lightning's public API only.
 
-The API (three functions):
+The API:
 
 - :func:`_transferred_batches` ``(trainer, pl_module, dataloader, limit, dataloader_idx=0)`` yields
   the batches of ``dataloader`` (at most ``limit``) as the training step would receive them:
@@ -24,6 +24,10 @@ The API (three functions):
 
 ``_feed_module(trainer, module, batch, input_key)`` runs ``module(_model_input(batch, input_key))``
 inside the precision plugin's forward context.
+
+ModelSoup's scoring uses the step-wise forms :func:`on_host` and :func:`to_device` (the two halves
+of :func:`_transferred_batches`, so host batches can be cached and moved later) and the
+error-reporting pickers :func:`batch_entry` and :func:`model_input`.
 """
 
 from __future__ import annotations
@@ -37,9 +41,21 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-__all__ = ["_feed_module", "_model_input", "_resolve_input_key", "_transferred_batches"]
+__all__ = [
+    "BatchKey",
+    "_feed_module",
+    "_model_input",
+    "_resolve_input_key",
+    "_transferred_batches",
+    "batch_entry",
+    "model_input",
+    "on_host",
+    "to_device",
+    "transferred",
+]
 
 InputKey = int | str | None
+BatchKey = int | str
 
 
 def _forward_parameters(forward: Callable[..., Any]) -> tuple[list[str], bool]:
@@ -113,6 +129,22 @@ def _model_input(batch: Any, input_key: InputKey) -> Any:
     return batch[input_key]
 
 
+def on_host(trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int = 0) -> Any:
+    """``batch`` after the precision plugin's ``convert_input`` and ``on_before_batch_transfer``, still on the host."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    datamodule = trainer.datamodule
+    owner: Any = pl_module
+    if datamodule is not None and is_overridden("on_before_batch_transfer", datamodule):
+        owner = datamodule  # Lightning prefers the datamodule's hook when it overrides it
+    return owner.on_before_batch_transfer(batch, dataloader_idx)
+
+
+def to_device(trainer: pl.Trainer, batch: Any, dataloader_idx: int = 0) -> Any:
+    """A host batch (from :func:`on_host`) on the root device, through ``transfer_batch_to_device`` and
+    ``on_after_batch_transfer``."""
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
+
+
 def _transferred_batches(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
@@ -122,20 +154,50 @@ def _transferred_batches(
 ) -> Iterator[Any]:
     """The batches of ``dataloader`` (at most ``limit``; ``None`` or inf: all) on the device, moved
     through the precision plugin's input cast and the module's (or DataModule's) transfer hooks."""
-    datamodule = trainer.datamodule
-    hooks_owner: Any = (
-        datamodule if datamodule is not None and is_overridden("on_before_batch_transfer", datamodule) else pl_module
-    )
-    batches: Iterator[Any] = iter(dataloader)
-    if isinstance(limit, int):
-        batches = islice(batches, limit)
+    batches: Iterable[Any] = dataloader
+    if limit is not None and limit != float("inf"):
+        batches = islice(dataloader, int(limit))
     for batch in batches:
-        batch = trainer.precision_plugin.convert_input(batch)
-        batch = hooks_owner.on_before_batch_transfer(batch, dataloader_idx)
-        yield trainer.strategy.batch_to_device(batch, dataloader_idx=dataloader_idx)
+        yield to_device(trainer, on_host(trainer, pl_module, batch, dataloader_idx), dataloader_idx)
+
+
+transferred = _transferred_batches
 
 
 def _feed_module(trainer: pl.Trainer, module: torch.nn.Module, batch: Any, input_key: InputKey) -> Any:
     """``module(_model_input(batch, input_key))`` inside the precision plugin's forward context."""
     with trainer.precision_plugin.forward_context():
         return module(_model_input(batch, input_key))
+
+
+def batch_entry(batch: Any, key: BatchKey, who: str, option: str) -> Any:
+    """``batch[key]`` with an error naming the valid keys and the option to set."""
+    try:
+        return batch[key]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(batch, Mapping):
+            valid: Any = list(batch.keys())
+        elif isinstance(batch, (list, tuple)):
+            valid = list(range(len(batch)))
+        else:
+            valid = f"none (the batch is a {type(batch).__name__})"
+        raise KeyError(f"{who}: the batch has no entry {key!r}; valid keys: {valid}. Set {option} to one of them.") from None
+
+
+def model_input(batch: Any, key: BatchKey | None, who: str, option: str = "input_key") -> Any:
+    """The model input of ``batch``: ``batch[key]``, or with ``key=None`` the batch itself when it is a
+    tensor, ``batch[0]`` of a list or tuple, and the one tensor entry of a dict (an error otherwise)."""
+    if key is not None:
+        return batch_entry(batch, key, who, option)
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, Mapping):
+        tensors = [k for k, v in batch.items() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return batch[tensors[0]]
+        raise KeyError(
+            f"{who}: the batch is a dict with tensor entries {tensors}; set {option} to the key of the model input."
+        )
+    raise TypeError(f"{who}: cannot find the model input in a batch of type {type(batch).__name__}; set {option}.")

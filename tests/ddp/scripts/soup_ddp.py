@@ -13,7 +13,7 @@ if __name__ == "__main__":
     out = sys.argv[1]
     pl.seed_everything(0)
     storage = os.path.join(out, "ing")
-    soup = ModelSoup(storage=storage, monitor="val/acc", keep="best")
+    soup = ModelSoup(storage=storage, keep="best")
     trainer = ddp_trainer(
         max_epochs=3,
         default_root_dir=out,
