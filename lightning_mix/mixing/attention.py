@@ -24,8 +24,8 @@ softmax weights of a plain (unmasked) ViT block before attention dropout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -91,7 +91,10 @@ def _projection(module: nn.MultiheadAttention, x: torch.Tensor, which: int) -> t
 
 
 def multihead_attention_map(
-    module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, rows: Rows = "cls"
+    module: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    rows: Rows = "cls",
 ) -> torch.Tensor:
     """The attention map of an ``nn.MultiheadAttention`` call, from its ``query`` and ``key``.
 
@@ -128,7 +131,7 @@ def find_attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def resolve_attention_modules(
-    model: nn.Module, names: Optional[Sequence[str]] = None, has_attention_fn: bool = False
+    model: nn.Module, names: Sequence[str] | None = None, has_attention_fn: bool = False
 ) -> list[tuple[str, nn.Module]]:
     """The attention modules to hook: the named ones (dotted names of ``model.named_modules()``), or all
     recognised ones when ``names`` is None. Raises a ValueError naming the fix when none is usable."""
@@ -207,8 +210,8 @@ class AttentionCapture:
         self,
         modules: Sequence[nn.Module],
         rows: Rows = "cls",
-        attention_fn: Optional[AttentionFn] = None,
-        on_capture: Optional[Callable[[int, torch.Tensor], None]] = None,
+        attention_fn: AttentionFn | None = None,
+        on_capture: Callable[[int, torch.Tensor], None] | None = None,
     ) -> None:
         if rows not in ("cls", "all"):
             raise ValueError(f"rows must be 'cls' or 'all', got {rows!r}.")
@@ -226,14 +229,14 @@ class AttentionCapture:
         self.attention_fn = attention_fn
         self.on_capture = on_capture
         self.enabled = True
-        self.maps: list[Optional[torch.Tensor]] = [None] * len(self.modules)
+        self.maps: list[torch.Tensor | None] = [None] * len(self.modules)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @staticmethod
     def _recognised(module: nn.Module) -> bool:
         return isinstance(module, nn.MultiheadAttention) or is_timm_style_attention(module)
 
-    def attach(self) -> "AttentionCapture":
+    def attach(self) -> AttentionCapture:
         if self._handles:
             return self
         for position, module in enumerate(self.modules):
@@ -254,10 +257,10 @@ class AttentionCapture:
     def clear(self) -> None:
         self.maps = [None] * len(self.modules)
 
-    def __enter__(self) -> "AttentionCapture":
+    def __enter__(self) -> AttentionCapture:
         return self.attach()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def _store(self, position: int, attention: torch.Tensor) -> None:
@@ -269,7 +272,10 @@ class AttentionCapture:
         def hook(_linear, _args, output):
             if self.enabled:
                 with torch.no_grad():
-                    self._store(position, timm_style_attention_map(attention_module, output.detach(), self.rows))
+                    self._store(
+                        position,
+                        timm_style_attention_map(attention_module, output.detach(), self.rows),
+                    )
 
         return hook
 
@@ -279,7 +285,10 @@ class AttentionCapture:
                 query = args[0] if len(args) > 0 else kwargs["query"]
                 key = args[1] if len(args) > 1 else kwargs["key"]
                 with torch.no_grad():
-                    self._store(position, multihead_attention_map(module, query.detach(), key.detach(), self.rows))
+                    self._store(
+                        position,
+                        multihead_attention_map(module, query.detach(), key.detach(), self.rows),
+                    )
 
         return hook
 
@@ -287,6 +296,9 @@ class AttentionCapture:
         def hook(module, args, kwargs, output):
             if self.enabled:
                 with torch.no_grad():
-                    self._store(position, _normalise(self.attention_fn(module, args, kwargs, output), self.rows))
+                    self._store(
+                        position,
+                        _normalise(self.attention_fn(module, args, kwargs, output), self.rows),
+                    )
 
         return hook

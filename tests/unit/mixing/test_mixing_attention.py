@@ -13,13 +13,20 @@ from lightning_mix.mixing.attention import (
     resolve_attention_modules,
 )
 
-TOL = dict(atol=1e-5, rtol=1e-4)
+TOL = {"atol": 1e-5, "rtol": 1e-4}
 
 
 def _timm_vit(qk_norm: bool = False):
     timm = pytest.importorskip("timm")
     return timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, in_chans=3, num_classes=5, embed_dim=48, depth=3, num_heads=3, qk_norm=qk_norm
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        num_classes=5,
+        embed_dim=48,
+        depth=3,
+        num_heads=3,
+        qk_norm=qk_norm,
     ).eval()
 
 
@@ -80,10 +87,20 @@ def test_torchvision_vit_attention_matches_need_weights():
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(2)
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval()
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=32,
+        mlp_dim=64,
+    ).eval()
     images = torch.randn(2, 3, 32, 32)
     found = find_attention_modules(model)
-    assert [n for n, _ in found] == ["encoder.layers.encoder_layer_0.self_attention", "encoder.layers.encoder_layer_1.self_attention"]
+    assert [n for n, _ in found] == [
+        "encoder.layers.encoder_layer_0.self_attention",
+        "encoder.layers.encoder_layer_1.self_attention",
+    ]
     modules = [m for _, m in found]
     inputs: list[torch.Tensor] = []
     handles = [m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach())) for m in modules]
@@ -127,7 +144,10 @@ def test_user_module_with_attention_fn_and_named_modules():
     chosen = resolve_attention_modules(model, ["mix"], has_attention_fn=True)
     seen = []
     capture = AttentionCapture(
-        [m for _, m in chosen], rows="cls", attention_fn=lambda m, a, k, out: out[1], on_capture=lambda i, t: seen.append(i)
+        [m for _, m in chosen],
+        rows="cls",
+        attention_fn=lambda m, a, k, out: out[1],
+        on_capture=lambda i, t: seen.append(i),
     )
     with capture:
         _, weights = model(x)
