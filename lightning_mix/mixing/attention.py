@@ -48,8 +48,9 @@ AttentionFn = Callable[[nn.Module, tuple, dict, Any], torch.Tensor]
 
 def attention_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale)`` over the last dim, in float32: q (..., M, d), k (..., N, d) -> (..., M, N)."""
-    scores = torch.matmul(q.float() * scale, k.float().transpose(-2, -1))
-    return scores.softmax(dim=-1)
+    with torch.autocast(q.device.type, enabled=False):  # float32 even inside a bf16/fp16 autocast region
+        scores = torch.matmul(q.float() * scale, k.float().transpose(-2, -1))
+        return scores.softmax(dim=-1)
 
 
 def is_timm_style_attention(module: nn.Module) -> bool:
@@ -86,8 +87,8 @@ def _projection(module: nn.MultiheadAttention, x: torch.Tensor, which: int) -> t
         weight = module.in_proj_weight[which * e : (which + 1) * e]
     else:
         weight = module.q_proj_weight if which == 0 else module.k_proj_weight
-    bias = module.in_proj_bias[which * e : (which + 1) * e] if module.in_proj_bias is not None else None
-    return nn.functional.linear(x, weight, bias)
+    bias = module.in_proj_bias[which * e : (which + 1) * e].float() if module.in_proj_bias is not None else None
+    return nn.functional.linear(x, weight.float(), bias)
 
 
 def multihead_attention_map(
@@ -108,8 +109,10 @@ def multihead_attention_map(
     b, m, _ = query.shape
     n = key.shape[1]
     heads, head_dim = module.num_heads, module.head_dim
-    q = _projection(module, query, 0).reshape(b, m, heads, head_dim).transpose(1, 2)
-    k = _projection(module, key, 1).reshape(b, n, heads, head_dim).transpose(1, 2)
+    with torch.autocast(query.device.type, enabled=False):
+        query, key = query.float(), key.float()
+        q = _projection(module, query, 0).reshape(b, m, heads, head_dim).transpose(1, 2)
+        k = _projection(module, key, 1).reshape(b, n, heads, head_dim).transpose(1, 2)
     attention = attention_from_qk(q, k, head_dim**-0.5)
     return attention[:, :, 0] if rows == "cls" else attention
 
