@@ -57,7 +57,9 @@ def test_same_draw_gives_a_box_on_the_grid_that_plain_cutmix_would_draw_on_the_g
     targets = dense_targets(torch.arange(b), 4)
     cutmix = CutMix(alpha=1.0, mode="elem")
     small = cutmix(grid_probe, targets, generator=torch.Generator().manual_seed(5))
-    big = PatchCutMix(alpha=1.0, patch_size=4, mode="elem")(full_probe, targets, generator=torch.Generator().manual_seed(5))
+    big = PatchCutMix(alpha=1.0, patch_size=4, mode="elem")(
+        full_probe, targets, generator=torch.Generator().manual_seed(5)
+    )
     upscaled = small.inputs.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
     torch.testing.assert_close(big.inputs, upscaled)
     torch.testing.assert_close(big.lam, small.lam)
