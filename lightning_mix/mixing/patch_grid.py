@@ -70,7 +70,8 @@ class PatchCutMix(CutMix):
         self.patch_size = int(patch_size)
 
     def __repr__(self) -> str:
-        return f"PatchCutMix(alpha={self.alpha}, patch_size={self.patch_size}, mode={self.mode!r}, pairing={self.pairing!r})"
+        fields = f"alpha={self.alpha}, patch_size={self.patch_size}, mode={self.mode!r}, pairing={self.pairing!r}"
+        return f"PatchCutMix({fields})"
 
     def check_inputs(self, inputs: torch.Tensor) -> None:
         super().check_inputs(inputs)
