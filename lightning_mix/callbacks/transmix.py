@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
-import lightning.pytorch as pl
 import torch
 
-from lightning_mix.callbacks._batch_access import BatchKey, set_entry
-from lightning_mix.callbacks.mixing import MixingCallback
-from lightning_mix.mixing import MixedBatch, RandomChoice, SaliencyMix, mix_targets
-from lightning_mix.mixing.attention import AttentionCapture, AttentionFn, resolve_attention_modules
-from lightning_mix.mixing.transmix import infer_patch_grid, patch_source_mask, probe_sources, transmix_lam
+from lightning_mix.callbacks._attention_labels import AttentionLabelCallback, PendingBatch
+from lightning_mix.callbacks._batch_access import BatchKey
+from lightning_mix.mixing import MixedBatch
+from lightning_mix.mixing.attention import AttentionFn
+from lightning_mix.mixing.transmix import patch_source_mask, transmix_lam
 
 __all__ = ["TransMix"]
 
 
-class _Pending(NamedTuple):
-    """What the attention hook needs to relabel the batch being trained on."""
-
-    mixed: MixedBatch
-    base_targets: torch.Tensor  # dense targets before mixing
-    batch_targets: torch.Tensor  # the tensor placed in the batch, relabelled in place
-    sources: torch.Tensor  # mixed probe (B, 1, H, W): where each pixel came from
-    is_mask: torch.Tensor  # (B,) bool: the sample was mixed by a mask (CutMix), not interpolated
-
-
-def _uses_pixel_dependent_draws(mixer: Any) -> bool:
-    if isinstance(mixer, SaliencyMix):
-        return True
-    if isinstance(mixer, RandomChoice):
-        return any(_uses_pixel_dependent_draws(m) for m in mixer.mixers)
-    return False
-
-
-class TransMix(MixingCallback):
+class TransMix(AttentionLabelCallback):
     """TransMix (Chen et al. 2022): the mixed label's lam comes from the last block's class attention.
 
     Example::
@@ -109,92 +90,26 @@ class TransMix(MixingCallback):
         target_key: BatchKey = 1,
         seed: Optional[int] = None,
     ) -> None:
-        super().__init__(mixer, num_classes, label_smoothing, p, stop_epoch, input_key, target_key, seed)
-        if _uses_pixel_dependent_draws(mixer):
-            raise ValueError(
-                "TransMix re-draws the mixer's boxes on a probe image, so the draws must not depend on the pixels; "
-                "SaliencyMix does. Use CutMix, PatchCutMix, FMix or ResizeMix (or a RandomChoice of them and Mixup)."
-            )
-        if num_prefix_tokens < 0:
-            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}.")
-        if patch_size is not None and patch_size < 1:
-            raise ValueError(f"patch_size must be a positive integer, got {patch_size}.")
-        if attention_fn is not None and attention_module is None:
-            raise ValueError("attention_fn is given: name the module it reads with attention_module='...'.")
+        super().__init__(
+            mixer,
+            None if attention_module is None else [attention_module],
+            attention_fn,
+            patch_size,
+            num_prefix_tokens,
+            num_classes,
+            label_smoothing,
+            p,
+            stop_epoch,
+            input_key,
+            target_key,
+            seed,
+        )
         self.average_with_area = average_with_area
         self.attention_module = attention_module
-        self.attention_fn = attention_fn
-        self.patch_size = patch_size
-        self.num_prefix_tokens = num_prefix_tokens
-        self._capture: Optional[AttentionCapture] = None
-        self._pending: Optional[_Pending] = None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._capture is not None:
-            return
-        names = None if self.attention_module is None else [self.attention_module]
-        chosen = resolve_attention_modules(pl_module, names, has_attention_fn=self.attention_fn is not None)
-        self._capture = AttentionCapture(
-            [chosen[-1][1]], rows="cls", attention_fn=self.attention_fn, on_capture=self._relabel
-        ).attach()
-        self._capture.enabled = False
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._capture is not None:
-            self._capture.remove()
-            self._capture = None
-            self._pending = None
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        inputs, targets = self.read_batch(batch)
-        self._pending = None
-        if not self._should_mix(trainer):
-            self.last_mixed = None
-            set_entry(batch, self.target_key, targets)
-            self.advance()
-            return
-        if inputs.dim() != 4:
-            raise ValueError(f"TransMix needs image batches (B, C, H, W), got shape {tuple(inputs.shape)}.")
-        generator = self.generator(inputs.device)
-        state = generator.get_state()
-        mixed = self.mixer(inputs, targets, generator=generator)
-        generator.set_state(state)  # the same draws again, on a probe that records where pixels come from
-        sources = self.mixer(probe_sources(inputs.shape[0], inputs.shape[2:], inputs.device), targets, generator).inputs
-        b = inputs.shape[0]
-        own = torch.arange(b, device=inputs.device, dtype=sources.dtype).view(b, 1, 1, 1)
-        is_mask = ((sources == own) | (sources == mixed.index.to(sources.dtype).view(b, 1, 1, 1))).flatten(1).all(1)
-        batch_targets = mixed.targets  # a fresh tensor: the hook may write into it
-        self._pending = _Pending(mixed, targets, batch_targets, sources, is_mask)
-        self.last_mixed = mixed._replace(targets=batch_targets)
-        set_entry(batch, self.input_key, mixed.inputs)
-        set_entry(batch, self.target_key, batch_targets)
-        self._capture.enabled = True
-        self.advance()
-
-    def _relabel(self, position: int, cls_attention: torch.Tensor) -> None:
-        """Attention hook: the class row (B, H, N) of the last block -> TransMix lam -> targets in place."""
-        pending, self._pending = self._pending, None
-        self._capture.enabled = False
-        if pending is None:
-            return
-        patches = cls_attention.mean(dim=1)[:, self.num_prefix_tokens :]
-        grid = infer_patch_grid(patches.shape[1], pending.sources.shape[-2:], self.patch_size)
+    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> Optional[torch.Tensor]:
+        """The class row (B, H, N) of the last block -> TransMix's lam."""
+        grid = self.patch_grid(attention.shape[-1])
+        patches = attention.mean(dim=1)[:, self.num_prefix_tokens :]
         pasted, area = patch_source_mask(pending.sources, grid)
-        lam = transmix_lam(patches, pasted, area if self.average_with_area else None)
-        lam = torch.where(pending.is_mask, lam, pending.mixed.lam.float())
-        pending.batch_targets.copy_(mix_targets(pending.base_targets, pending.mixed.index, lam))
-        self.last_mixed = pending.mixed._replace(targets=pending.batch_targets, lam=lam)
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._pending is not None:
-            self._pending = None
-            self._capture.enabled = False
-            raise RuntimeError(
-                "TransMix mixed the batch but its attention hook did not run during training_step, so the targets "
-                "kept the area lam. Check that training_step calls the model on batch[input_key], and that "
-                "attention_module names an attention module used in that forward pass."
-            )
+        return transmix_lam(patches, pasted, area if self.average_with_area else None)

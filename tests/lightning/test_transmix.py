@@ -144,14 +144,14 @@ class NoForward(TinyViT):
 
 def test_a_hook_that_never_runs_is_an_error():
     transmix = TransMix(CutMix(), num_classes=NUM_CLASSES, seed=0)
-    with pytest.raises(RuntimeError, match="attention hook did not run"):
+    with pytest.raises(RuntimeError, match="attention hooks did not all run"):
         fit([transmix], model=NoForward(num_classes=NUM_CLASSES, dim=16, depth=1, num_heads=2), steps=1)
 
 
 def test_misconfiguration_is_caught_before_training():
     with pytest.raises(ValueError, match="SaliencyMix"):
         TransMix(RandomChoice([Mixup(), SaliencyMix()]))
-    with pytest.raises(ValueError, match="attention_module"):
+    with pytest.raises(ValueError, match="attention_modules"):
         TransMix(CutMix(), attention_fn=lambda m, a, k, o: o)
     model = RecordingViT()
     with pytest.raises(ValueError, match="not in the model"):
