@@ -110,7 +110,9 @@ class AttentionLabelCallback(MixingCallback):
         return 0 if self._capture is None else len(self._capture.modules)
 
     # -- the batch ----------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         inputs, targets = self.read_batch(batch)
         self._pending = None
         if not self._should_mix(trainer):
@@ -161,7 +163,9 @@ class AttentionLabelCallback(MixingCallback):
         pending.batch_targets.copy_(mix_targets(pending.base_targets, pending.mixed.index, lam))
         self.last_mixed = pending.mixed._replace(lam=lam)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._pending is not None:
             self._pending = None
             self._capture.enabled = False

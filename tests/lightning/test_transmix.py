@@ -5,8 +5,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, TensorDataset
+from references.vit_label_rules import transmix_target
+from vit_callback_helpers import NUM_CLASSES, LastMixed, OriginalBatch, RecordingViT, fit
 
 from lightning_mix.callbacks import MixingCallback, TransMix
 from lightning_mix.callbacks._mixing_base import MixingCallbackBase
@@ -14,73 +14,6 @@ from lightning_mix.demos import TinyViT
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import CutMix, Mixup, RandomChoice, SaliencyMix, dense_targets, mix_targets
 from lightning_mix.mixing.patch_grid import PatchCutMix
-
-NUM_CLASSES = 5
-
-
-def make_data(n: int = 16, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g))
-
-
-class RecordingViT(TinyViT):
-    """Records the targets after the forward and a non-fused reference of the last block's attention."""
-
-    def __init__(self) -> None:
-        super().__init__(num_classes=NUM_CLASSES, dim=32, depth=2, num_heads=2)
-        self.seen: list[dict] = []
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[1]
-        logits = self(x)
-        loss = soft_cross_entropy(logits, y)
-        record = {"x": x.detach().clone(), "y": y.detach().clone()}
-        attn = self.blocks[-1].attn
-        store: list[torch.Tensor] = []
-        handle = attn.attn_drop.register_forward_hook(lambda _m, args, _o: store.append(args[0].detach()))
-        attn.fused_attn = False
-        with torch.no_grad():
-            self(x)
-        attn.fused_attn = True
-        handle.remove()
-        record["attention"] = store[0]
-        self.seen.append(record)
-        return loss
-
-
-class OriginalBatch(Callback):
-    """Placed before TransMix: keeps the batch as the data loader gave it."""
-
-    def __init__(self) -> None:
-        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batches.append((batch[0].clone(), batch[1].clone()))
-
-
-class LastMixed(Callback):
-    """Placed after TransMix: keeps its last_mixed at the end of each step."""
-
-    def __init__(self, transmix: TransMix) -> None:
-        self.transmix, self.mixed = transmix, []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.mixed.append(self.transmix.last_mixed)
-
-
-def fit(callbacks, model=None, steps: int = 2, data=None):
-    model = model or RecordingViT()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
-    trainer.fit(model, DataLoader(data or make_data(), batch_size=8))
-    return model
 
 
 @pytest.mark.parametrize("average_with_area", [True, False])
@@ -97,7 +30,7 @@ def test_targets_follow_the_attention_of_the_same_forward(average_with_area):
         pasted_pixels = (record["x"] != x0)[:, 0]  # random inputs differ everywhere from their partners
         pasted = pasted_pixels[:, ::4, ::4].reshape(8, -1).float()  # top-left pixel of each 4x4 patch
         area = pasted_pixels.flatten(1).float().mean(1)
-        cls = record["attention"][:, :, 0, 1:].mean(1)
+        cls = record["attentions"][-1][:, :, 0, 1:].mean(1)
         lam_attn = (cls * (1 - pasted)).sum(1) / cls.sum(1)
         lam = (lam_attn + 1 - area) / 2 if average_with_area else lam_attn
         self_pair = mixed.index == torch.arange(8)
@@ -178,3 +111,18 @@ def test_it_is_a_mixing_callback_and_hooks_are_removed_after_fit():
     assert isinstance(transmix, MixingCallback) and isinstance(transmix, MixingCallbackBase)
     model = fit([transmix], steps=1)
     assert not model.blocks[-1].attn.qkv._forward_hooks  # a test may read the private dict to see hooks are gone
+
+
+def test_batch_mode_cutmix_matches_the_authors_transmix_label():
+    torch.manual_seed(5)
+    original = OriginalBatch()
+    transmix = TransMix(CutMix(alpha=1.0, mode="batch"), num_classes=NUM_CLASSES, seed=1)
+    model = fit([original, transmix], steps=2)
+    for (x0, labels), record in zip(original.batches, model.seen):
+        pasted = (record["x"] != x0)[0, 0]  # one box for the batch
+        rows, cols = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
+        box = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+        one_hot = dense_targets(labels, NUM_CLASSES)
+        cls = record["attentions"][-1][:, :, 0, 1:].mean(1)
+        want = transmix_target(one_hot, one_hot.flip(0), box, (28, 28), cls)  # flip pairing, as the authors'
+        torch.testing.assert_close(record["y"], want, atol=1e-5, rtol=1e-5)
