@@ -9,6 +9,7 @@ from lightning_mix.callbacks.regmixup import RegMixup
 from lightning_mix.callbacks.swa import SWA
 from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
 from lightning_mix.callbacks.tl_align import TLAlign
+from lightning_mix.callbacks.token_shuffle import TokenShuffle
 from lightning_mix.callbacks.transmix import TransMix
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "SWA",
     "TLAlign",
     "TemperatureScaling",
+    "TokenShuffle",
     "TransMix",
 ]

@@ -11,7 +11,7 @@ from lightning_mix.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = ROOT / "examples" / "tiny_vit.yaml"
-VIT_PRESETS = [ROOT / "callbacks" / name for name in ("transmix.yaml", "tl_align.yaml")]
+VIT_PRESETS = [ROOT / "callbacks" / name for name in ("transmix.yaml", "tl_align.yaml", "token_shuffle.yaml")]
 
 
 def preset_classes(path: Path) -> list[str]:
@@ -28,8 +28,11 @@ def test_vit_preset_composes_with_a_vit_config_and_fits(preset, tmp_path, monkey
     for expected in preset_classes(preset):
         assert names.count(expected) == 1, f"{preset.name} did not add exactly one {expected}: {names}"
     assert cli.trainer.state.finished
-    mixing = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ in preset_classes(preset))
-    assert mixing.label_smoothing == 0.1  # the authors' recipes
+    added = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ in preset_classes(preset))
+    if hasattr(added, "label_smoothing"):
+        assert added.label_smoothing == 0.1  # the authors' recipes
+    else:
+        assert added.shuffle_rate == 0.1
 
 
 @pytest.mark.slow
