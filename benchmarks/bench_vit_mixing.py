@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mix.callbacks import MixingCallback, TLAlign, TransMix
+from lightning_mix.callbacks import MixingCallback, TLAlign, TokenShuffle, TransMix
 from lightning_mix.demos import TinyViT
 from lightning_mix.mixing import CutMix
 from lightning_mix.mixing.patch_grid import PatchCutMix
@@ -46,6 +46,10 @@ def methods() -> dict:
         "PatchCutMix (MixingCallback)": lambda: MixingCallback(PatchCutMix(1.0, patch_size=4), seed=0),
         "TransMix (CutMix)": lambda: TransMix(CutMix(1.0), label_smoothing=0.1, seed=0),
         "TLAlign (PatchCutMix)": lambda: TLAlign(PatchCutMix(1.0, patch_size=4), label_smoothing=0.1, seed=0),
+        "CutMix + TokenShuffle(1.0)": lambda: [
+            MixingCallback(CutMix(1.0), label_smoothing=0.1, seed=0),
+            TokenShuffle(shuffle_rate=1.0, seed=0),
+        ],
     }
 
 
@@ -59,7 +63,7 @@ def run(make_callback, data, batch_size: int, steps: int, skip: int, model_args:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer, make_callback()],
+        callbacks=[timer, *(made if isinstance(made := make_callback(), list) else [made])],
     )
     trainer.fit(TinyViT(**model_args), DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True))
     return timer.times
