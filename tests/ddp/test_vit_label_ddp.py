@@ -1,4 +1,4 @@
-"""TransMix and TLAlign under DDP (2 CPU processes): each rank relabels from its own forward's attention, by the authors' rules."""
+"""TransMix and TLAlign under DDP (2 CPU processes): each rank relabels from its own forward, by the authors' rules."""
 
 from __future__ import annotations
 

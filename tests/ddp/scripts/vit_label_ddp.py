@@ -1,4 +1,4 @@
-"""Two CPU ranks fit TinyViT with TransMix or TLAlign; each saves its original batches, what training_step saw and the mixes."""
+"""Two CPU ranks fit TinyViT with TransMix or TLAlign; each saves its batches, its targets and its mixes."""
 
 import sys
 from pathlib import Path
