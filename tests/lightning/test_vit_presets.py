@@ -12,6 +12,12 @@ from lightning_mix.cli import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = ROOT / "examples" / "tiny_vit.yaml"
 VIT_PRESETS = [ROOT / "callbacks" / name for name in ("transmix.yaml", "tl_align.yaml", "token_shuffle.yaml")]
+VIT_MARKER = "# requires: vit"
+
+
+def test_vit_presets_carry_the_marker_that_routes_them_to_a_vit_config():
+    marked = sorted(p.name for p in (ROOT / "callbacks").glob("*.yaml") if p.read_text().startswith(VIT_MARKER))
+    assert marked == sorted(p.name for p in VIT_PRESETS)
 
 
 def preset_classes(path: Path) -> list[str]:
