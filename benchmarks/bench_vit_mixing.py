@@ -29,15 +29,20 @@ from lightning_mix.mixing.patch_grid import PatchCutMix
 
 
 class StepTimer(Callback):
+    """Wall time and this process's CPU time of each step (CPU time is what other jobs on a loaded
+    machine disturb least: with one intra-op thread it counts only this step's own work)."""
+
     def __init__(self, skip: int) -> None:
-        self.skip, self.times, self._start = skip, [], 0.0
+        self.skip, self.times, self.cpu_times = skip, [], []
+        self._start = self._cpu_start = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx >= self.skip:
             self.times.append(time.perf_counter() - self._start)
+            self.cpu_times.append(time.process_time() - self._cpu_start)
 
 
 def methods() -> dict:
@@ -53,7 +58,7 @@ def methods() -> dict:
     }
 
 
-def run(make_callback, data, batch_size: int, steps: int, skip: int, model_args: dict) -> list[float]:
+def run(make_callback, data, batch_size: int, steps: int, skip: int, model_args: dict) -> StepTimer:
     torch.manual_seed(0)
     timer = StepTimer(skip)
     trainer = pl.Trainer(
@@ -66,7 +71,7 @@ def run(make_callback, data, batch_size: int, steps: int, skip: int, model_args:
         callbacks=[timer, *(made if isinstance(made := make_callback(), list) else [made])],
     )
     trainer.fit(TinyViT(**model_args), DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True))
-    return timer.times
+    return timer
 
 
 def main() -> None:
@@ -83,20 +88,27 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
     times: dict[str, list[float]] = {name: [] for name in methods()}
+    cpu_times: dict[str, list[float]] = {name: [] for name in methods()}
     for _ in range(args.rounds):
         for name, make in methods().items():
-            times[name] += run(make, data, args.batch_size, args.steps, args.skip, model_args)
+            timer = run(make, data, args.batch_size, args.steps, args.skip, model_args)
+            times[name] += timer.times
+            cpu_times[name] += timer.cpu_times
     print(
         f"# torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
         f"load {os.getloadavg()[0]:.1f}, TinyViT {model_args}, batch {args.batch_size}"
     )
     base = statistics.median(times["CutMix (MixingCallback)"])
-    print("| method | median step ms | vs CutMix | steps timed |")
-    print("|---|---:|---:|---:|")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"| {name} | {1000 * median:.1f} | {median / base:.2f}x | {len(values)} |")
+    cpu_base = statistics.median(cpu_times["CutMix (MixingCallback)"])
+    print("| method | CPU ms / step | vs CutMix (CPU) | wall ms / step | vs CutMix (wall) | steps |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in times:
+        wall, cpu = statistics.median(times[name]), statistics.median(cpu_times[name])
+        print(
+            f"| {name} | {1000 * cpu:.1f} | {cpu / cpu_base:.2f}x | {1000 * wall:.1f} | {wall / base:.2f}x "
+            f"| {len(times[name])} |"
+        )
 
 
 if __name__ == "__main__":
