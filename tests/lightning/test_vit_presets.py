@@ -60,5 +60,5 @@ def test_vit_base_config_has_no_callbacks_and_builds_tinyvit(tmp_path, monkeypat
             "--trainer.logger=false",
         ]
     )
-    assert type(cli.model).__name__ == "TinyViT" and cli.model.hparams.patch_size == 4
+    assert type(cli.model).__name__ == "TinyViT" and cli.model.hparams.patch_size == 7
     assert "test/acc" in cli.trainer.callback_metrics
