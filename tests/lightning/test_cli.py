@@ -11,6 +11,7 @@ from lightning_mix.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "examples" / "tiny.yaml"
+TINY_VIT = ROOT / "examples" / "tiny_vit.yaml"  # for presets that start with "# requires: vit"
 PRESETS = sorted((ROOT / "callbacks").glob("*.yaml"))
 
 
@@ -31,7 +32,8 @@ def test_there_is_a_preset_for_every_public_callback():
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_preset_composes_with_a_config_and_fits(preset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", "--config", str(TINY), "--config", str(preset)])
+    base = TINY_VIT if preset.read_text().startswith("# requires: vit") else TINY
+    cli = run_cli(["fit", "--config", str(base), "--config", str(preset)])
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     for expected in preset_classes(preset):
         assert expected in names, f"{preset.name} did not add {expected}: {names}"
