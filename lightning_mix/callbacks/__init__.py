@@ -8,6 +8,9 @@ from lightning_mix.callbacks.model_soup import ModelSoup
 from lightning_mix.callbacks.regmixup import RegMixup
 from lightning_mix.callbacks.swa import SWA
 from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
+from lightning_mix.callbacks.tl_align import TLAlign
+from lightning_mix.callbacks.token_shuffle import TokenShuffle
+from lightning_mix.callbacks.transmix import TransMix
 
 __all__ = [
     "CalibrationMonitor",
@@ -17,5 +20,8 @@ __all__ = [
     "ModelSoup",
     "RegMixup",
     "SWA",
+    "TLAlign",
     "TemperatureScaling",
+    "TokenShuffle",
+    "TransMix",
 ]

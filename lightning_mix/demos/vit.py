@@ -1,0 +1,114 @@
+"""TinyViT: a small vision transformer with a class token for the MNIST5k demos (the ViT mixing methods)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_mix.demos.models import SmallCNN
+
+__all__ = ["TinyViT", "ViTAttention", "ViTBlock"]
+
+
+class ViTAttention(nn.Module):
+    """Multi-head self-attention laid out as timm's ``Attention``: one ``qkv`` linear, ``num_heads``, ``scale``.
+
+    ``fused_attn=True`` (default) calls ``F.scaled_dot_product_attention`` (weights never
+    materialised); ``False`` computes ``softmax(q k^T * scale)`` explicitly and passes it through
+    ``attn_drop`` (the non-fused reference the attention-capture tests compare against).
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused_attn = True
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attention = self.attn_drop((q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1))
+            x = attention @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ViTAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(pl.LightningModule):
+    """A small ViT for 28x28 images: conv patch embedding, a class token, learned positions, pre-norm blocks.
+
+    With the defaults (patch 4 -> 7x7 = 49 patches + 1 class token, dim 64, depth 4, 4 heads) it
+    has about 140k parameters. Blocks are ``blocks.0`` ... ``blocks.{depth-1}``, their attention
+    ``blocks.i.attn`` (timm's layout, so the ViT mixing callbacks find them); the head reads the
+    class token after a final LayerNorm.
+
+    Training, evaluation, logging and the optimiser are :class:`SmallCNN`'s: soft cross-entropy
+    (class indices or the dense mixed targets of a mixing callback), ``train/loss``,
+    ``train/acc``, ``val/acc``, ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and
+    ``test_step`` return ``{"logits", "loss"}``; AdamW with an optional cosine schedule.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        patch_size: int = 4,
+        dim: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        lr: float = 2e-3,
+        weight_decay: float = 5e-2,
+        cosine_schedule: bool = True,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size}).")
+        self.save_hyperparameters()
+        self.patch_size = patch_size
+        self.num_prefix_tokens = 1
+        grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+    training_step = SmallCNN.training_step
+    _evaluate = SmallCNN._evaluate
+    validation_step = SmallCNN.validation_step
+    test_step = SmallCNN.test_step
+    predict_step = SmallCNN.predict_step
+    configure_optimizers = SmallCNN.configure_optimizers
