@@ -5,6 +5,7 @@ from lightning_mix.callbacks.ema import EMA
 from lightning_mix.callbacks.manifold_mixup import ManifoldMixup
 from lightning_mix.callbacks.mixing import MixingCallback
 from lightning_mix.callbacks.model_soup import ModelSoup
+from lightning_mix.callbacks.puzzlemix import PuzzleMix
 from lightning_mix.callbacks.regmixup import RegMixup
 from lightning_mix.callbacks.swa import SWA
 from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
@@ -15,6 +16,7 @@ __all__ = [
     "ManifoldMixup",
     "MixingCallback",
     "ModelSoup",
+    "PuzzleMix",
     "RegMixup",
     "SWA",
     "TemperatureScaling",
