@@ -1,5 +1,6 @@
 """Lightning callbacks: thin adapters that decide *when* the torch-only layers act."""
 
+from lightning_mix.callbacks.alignmixup import AlignMixup
 from lightning_mix.callbacks.calibration_monitor import CalibrationMonitor
 from lightning_mix.callbacks.ema import EMA
 from lightning_mix.callbacks.manifold_mixup import ManifoldMixup
@@ -11,6 +12,7 @@ from lightning_mix.callbacks.swa import SWA
 from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
 
 __all__ = [
+    "AlignMixup",
     "CalibrationMonitor",
     "EMA",
     "ManifoldMixup",
