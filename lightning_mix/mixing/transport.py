@@ -39,17 +39,17 @@ def transport_sources(visible: torch.Tensor, saliency: torch.Tensor, eps: float,
     device = saliency.device
     cost = eps * grid_cost_matrix(n, device) - saliency.reshape(b, cells, 1).float() * visible.reshape(b, 1, cells).float()
     arange = torch.arange(cells, device=device)
-    won = torch.zeros(b, cells, cells, device=device)
+    rows = arange.expand(b, cells)
+    claim = cost.argmin(dim=-1)
+    won = torch.zeros(b, cells, dtype=torch.bool, device=device)
     for _ in range(n if rounds is None else rounds):
-        claim = torch.zeros_like(cost).scatter_(-1, cost.argmin(dim=-1, keepdim=True), 1.0)
-        fight = claim * cost
-        won = torch.zeros_like(cost).scatter_(-2, fight.argmin(dim=-2, keepdim=True), 1.0) * claim
-        cost = cost + (claim - won)
-    has_dest = won.sum(dim=-1) > 0  # (B, sources)
-    taken = won.sum(dim=-2) > 0  # (B, destinations)
-    dest = torch.where(has_dest, won.argmax(dim=-1), -1)
+        claim = cost.argmin(dim=-1)  # (B, sources): every source claims its cheapest destination
+        won = _resolve_claims(cost.gather(2, claim.unsqueeze(-1)).squeeze(-1), claim, rows)
+        cost.scatter_add_(2, claim.unsqueeze(-1), (~won).to(cost.dtype).unsqueeze(-1))  # losers pay 1 more
+    dest = torch.where(won, claim, -1)
+    taken = torch.zeros(b, cells, dtype=torch.long, device=device).scatter_add_(1, claim, won.long()) > 0
     # leftovers whose own place is free stay there
-    stay = (~has_dest) & (~taken)
+    stay = (~won) & (~taken)
     dest = torch.where(stay, arange, dest)
     taken = taken | stay
     left = dest < 0
@@ -63,6 +63,30 @@ def transport_sources(visible: torch.Tensor, saliency: torch.Tensor, eps: float,
     dest = torch.where(left, filled, dest)
     sources = torch.empty_like(dest).scatter_(1, dest, arange.expand(b, cells).contiguous())
     return sources
+
+
+def _resolve_claims(claim_cost: torch.Tensor, claim: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Which claims win, as the authors' ``argmin`` over each column of ``plan * cost`` decides (B, sources) bool.
+
+    In the authors' dense formulation a column holds the claimants' costs and a 0 for every other
+    source, and the first row holding the column minimum wins; the column has no winner when that
+    row is not a claimant (all claimants cost more than 0, or a non-claimant comes first among zeros).
+    """
+    b, cells = claim.shape
+    big = torch.full((b, cells), cells, dtype=torch.long, device=claim.device)
+    counts = torch.zeros(b, cells, dtype=torch.long, device=claim.device).scatter_add_(1, claim, torch.ones_like(claim))
+    # the column minimum of plan * cost: claimants' costs, and 0 when some source does not claim it
+    base = torch.where(counts == cells, torch.inf, 0.0).to(claim_cost.dtype)
+    col_min = base.scatter_reduce(1, claim, claim_cost, reduce="amin", include_self=True)
+    at_min = claim_cost == col_min.gather(1, claim)
+    first_claimant = big.scatter_reduce(1, claim, torch.where(at_min, rows, cells), reduce="amin", include_self=True)
+    # the first source not claiming column q: 0 unless source 0 claims q; then the first source claiming elsewhere
+    differs = claim != claim[:, :1]
+    first_other = torch.where(differs.any(dim=1), differs.long().argmax(dim=1), cells)
+    first_non_claimant = torch.where(rows == claim[:, :1], first_other.view(-1, 1), 0)
+    first_non_claimant = torch.where((col_min == 0) & (counts < cells), first_non_claimant, cells)
+    winner = torch.where(first_claimant < first_non_claimant, first_claimant, cells)  # (B, destinations)
+    return winner.gather(1, claim) == rows
 
 
 def permute_blocks(images: torch.Tensor, sources: torch.Tensor, n: int) -> torch.Tensor:
