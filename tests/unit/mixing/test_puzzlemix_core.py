@@ -95,11 +95,12 @@ def test_grid_solvers_reject_mismatched_weights():
         solve_grid_torch(unary, w_h, w_v.transpose(1, 2)[:, :1])
 
 
-def test_transport_sources_are_permutations_and_match_the_authors_plan_when_theirs_is_one():
+@pytest.mark.parametrize("visible_share", [0.02, 0.5, 0.98])
+def test_transport_sources_are_permutations_and_keep_every_move_of_the_authors_plan(visible_share):
     g = torch.Generator().manual_seed(0)
     matched = 0
-    for n in (2, 4, 8):
-        visible = torch.rand(16, n, n, generator=g) > 0.5
+    for n in (2, 4, 7, 14):
+        visible = torch.rand(16, n, n, generator=g) < visible_share
         sal = torch.rand(16, n, n, generator=g) ** 4
         sal = sal / sal.flatten(1).sum(1).view(-1, 1, 1)
         sources = transport_sources(visible, sal, eps=0.8)
@@ -113,7 +114,7 @@ def test_transport_sources_are_permutations_and_match_the_authors_plan_when_thei
         full = plan.sum(dim=(1, 2)) == n * n
         for i in torch.nonzero(full).flatten().tolist():
             assert torch.equal(sources[i], plan[i].argmax(dim=0))
-    assert matched > 16 * (4 + 16 + 64) // 2
+    assert matched >= 100  # moves compared (the authors keep few with sparse masks)
 
 
 def test_transport_is_the_identity_for_uniform_saliency():
