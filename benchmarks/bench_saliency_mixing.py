@@ -4,7 +4,9 @@ Part 1 (``--part steps``): SmallCNN (width 32) on MNIST5k training batches of 12
 per call: ERM (forward, soft cross-entropy, backward, step), CutMix (CutMix(1.0) then the step),
 PuzzleMix (the callback's work: the clean saliency pass in eval mode, the mask energy, the graph
 cut, the transport and composition, then the step) for each grid size of the MNIST preset
-({2, 4, 7, 14}) and each solver. The PuzzleMix work is also timed piece by piece (saliency pass /
+({2, 4, 7, 14}) and each solver, and AlignMixup's feature branch (Sinkhorn alignment of block3's
+128x7x7 maps inside the forward, with the authors' stopping threshold and with all 100 iterations;
+its input branch is a Mixup step). The PuzzleMix work is also timed piece by piece (saliency pass /
 energy + solver / transport + composition). Contenders run interleaved round-robin; best and
 median seconds are printed.
 
@@ -28,7 +30,8 @@ import torch
 
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.losses import soft_cross_entropy
-from lightning_mix.mixing import CutMix, dense_targets
+from lightning_mix.mixing import CutMix, dense_targets, mix_targets
+from lightning_mix.mixing.alignment import align_and_mix
 from lightning_mix.mixing.graphcut import gco_available, grid_energy, solve_grid_gco, solve_grid_torch
 from lightning_mix.mixing.input_saliency import input_gradient_saliency, pool_saliency
 from lightning_mix.mixing.puzzlemix import PuzzleMixer, puzzle_energy
@@ -88,6 +91,17 @@ def part_steps(repeats: int) -> None:
                 mixed = mixers[s](x, t, _saliency(model, x, t), n, g)
                 step(mixed.inputs, mixed.targets)
             contenders[f"PuzzleMix {s} n={n}"] = puzzle
+    index_a = torch.randperm(128, generator=g)
+    lam_a = torch.full((128,), 0.6)
+    for threshold in (0.1, None):
+        def aligned(threshold=threshold):
+            hook = model.block3.register_forward_hook(
+                lambda m, a, out: align_and_mix(out, index_a, lam_a, 0, threshold=threshold))
+            try:
+                step(x, mix_targets(t, index_a, lam_a))
+            finally:
+                hook.remove()
+        contenders[f"AlignMixup features, threshold={threshold}"] = aligned
     results = measure(contenders, repeats)
     erm, cut = results["ERM"][0], results["CutMix"][0]
     print(f"\nStep times, SmallCNN(width=32), batch 128x1x28x28, {torch.get_num_threads()} thread(s), "

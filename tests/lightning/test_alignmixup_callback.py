@@ -71,3 +71,14 @@ def test_unknown_layer_and_bad_options_raise():
         _fit(AlignMixup(layer="nope"), TinyCNN())
     with pytest.raises(ValueError, match="input_prob is a probability"):
         AlignMixup(layer="body", input_prob=2.0)
+
+
+def test_feature_branch_runs_under_bf16_mixed():
+    pl.seed_everything(0)
+    model = TinyCNN(dropout=0.0)
+    align = AlignMixup(layer="body", input_prob=0.0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[align])
+    trainer.fit(model, DataLoader(image_data(32), batch_size=16))
+    assert align.last_choice in (0, 1) and align._handle is None
+    assert all(torch.isfinite(p).all() for p in model.parameters())
