@@ -32,7 +32,12 @@ from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import CutMix, dense_targets, mix_targets
 from lightning_mix.mixing.alignment import align_and_mix
-from lightning_mix.mixing.graphcut import gco_available, grid_energy, solve_grid_gco, solve_grid_torch
+from lightning_mix.mixing.graphcut import (
+    gco_available,
+    grid_energy,
+    solve_grid_gco,
+    solve_grid_torch,
+)
 from lightning_mix.mixing.input_saliency import input_gradient_saliency, pool_saliency
 from lightning_mix.mixing.puzzlemix import PuzzleMixer, puzzle_energy
 from lightning_mix.mixing.transport import permute_blocks, transport_sources
@@ -120,7 +125,7 @@ def part_steps(repeats: int) -> None:
     parts = {"saliency pass": lambda: _saliency(model, x, t)}
     for n in BLOCK_NUMS:
         sal_own = pool_saliency(sal, (n, n))
-        energy = lambda n=n, so=sal_own: puzzle_energy(so, so[index], x, x[index], lam)  # noqa: E731
+        energy = lambda n=n, so=sal_own: puzzle_energy(so, so[index], x, x[index], lam)
         parts[f"energy n={n}"] = energy
         u, wv, wh = energy()
         for s in solvers:

@@ -12,14 +12,14 @@ from lightning_mix.callbacks.swa import SWA
 from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
 
 __all__ = [
+    "EMA",
+    "SWA",
     "AlignMixup",
     "CalibrationMonitor",
-    "EMA",
     "ManifoldMixup",
     "MixingCallback",
     "ModelSoup",
     "PuzzleMix",
     "RegMixup",
-    "SWA",
     "TemperatureScaling",
 ]

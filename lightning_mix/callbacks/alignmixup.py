@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -57,13 +57,13 @@ class AlignMixup(MixingCallbackBase):
         alpha: float = 2.0,
         eps: float = 0.1,
         max_iter: int = 100,
-        threshold: Optional[float] = 0.1,
+        threshold: float | None = 0.1,
         input_prob: float = 0.5,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
         if not alpha > 0:
@@ -78,11 +78,11 @@ class AlignMixup(MixingCallbackBase):
         self.max_iter = int(max_iter)
         self.threshold = threshold
         self.input_prob = float(input_prob)
-        self.last_index: Optional[torch.Tensor] = None
-        self.last_lam: Optional[torch.Tensor] = None
+        self.last_index: torch.Tensor | None = None
+        self.last_lam: torch.Tensor | None = None
         self.last_choice: Any = None
-        self._module: Optional[nn.Module] = None
-        self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._module: nn.Module | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     @property
     def state_key(self) -> str:

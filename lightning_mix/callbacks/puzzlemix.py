@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -82,11 +82,11 @@ class PuzzleMix(MixingCallbackBase):
         saliency_eval_mode: bool = True,
         channel_reduce: ChannelReduce = "rms",
         p: float = 1.0,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
         block_nums = [int(n) for n in ([block_nums] if isinstance(block_nums, int) else block_nums)]
@@ -101,8 +101,8 @@ class PuzzleMix(MixingCallbackBase):
         self.saliency_eval_mode = saliency_eval_mode
         self.channel_reduce = channel_reduce
         self.p = p
-        self.last_mixed: Optional[MixedBatch] = None
-        self.last_block_num: Optional[int] = None
+        self.last_mixed: MixedBatch | None = None
+        self.last_block_num: int | None = None
 
     @property
     def state_key(self) -> str:

@@ -24,8 +24,6 @@ Solvers, all batched over a leading batch dimension:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 # Exhaustive search up to this many labellings per sample (3 labels on 2x2 blocks: 81).
@@ -69,7 +67,7 @@ def _exhaustive(unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor) -> to
     all_labels = torch.div(codes.unsqueeze(1), powers, rounding_mode="floor") % n_labels
     k = all_labels.shape[0]
     grid = all_labels.view(1, k, n, m).expand(b, k, n, m).reshape(b * k, n, m)
-    rep = lambda t: t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])  # noqa: E731
+    rep = lambda t: t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])
     energies = grid_energy(grid, rep(unary), rep(w_v), rep(w_h)).view(b, k)
     return all_labels.view(k, n, m).index_select(0, energies.argmin(dim=1))
 
@@ -79,7 +77,7 @@ def _icm(unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor, sweeps: int)
     starts = [unary.argmin(dim=-1)] + [torch.full((b, n, m), k, device=unary.device) for k in range(n_labels)]
     s = len(starts)
     labels = torch.stack(starts, dim=1).reshape(b * s, n, m)
-    rep = lambda t: t.unsqueeze(1).expand(b, s, *t.shape[1:]).reshape(b * s, *t.shape[1:])  # noqa: E731
+    rep = lambda t: t.unsqueeze(1).expand(b, s, *t.shape[1:]).reshape(b * s, *t.shape[1:])
     u, wv, wh = rep(unary), rep(w_v).unsqueeze(-1), rep(w_h).unsqueeze(-1)
     ks = torch.arange(n_labels, device=unary.device, dtype=unary.dtype)
     scale = float((n_labels - 1) ** 2)
@@ -134,7 +132,7 @@ def gco_available() -> bool:
 
 
 def solve_grid_gco(
-    unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor, algorithm: str = "swap", scale: Optional[float] = None
+    unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor, algorithm: str = "swap", scale: float | None = None
 ) -> torch.Tensor:
     """Labels (B, n, m) by gco's graph cuts (the authors' ``algorithm="swap"``), on ``unary``'s device.
 

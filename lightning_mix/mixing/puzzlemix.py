@@ -13,13 +13,18 @@ salient blocks are then moved to where the mask shows it (:mod:`lightning_mix.mi
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from lightning_mix.mixing.batch import MixedBatch
-from lightning_mix.mixing.graphcut import gco_available, solve_grid_gco, solve_grid_torch
+from lightning_mix.mixing.graphcut import (
+    gco_available,
+    solve_grid_gco,
+    solve_grid_torch,
+)
 from lightning_mix.mixing.input_saliency import pool_saliency
 from lightning_mix.mixing.sampling import make_pairing, sample_beta
 from lightning_mix.mixing.targets import mix_targets
@@ -195,7 +200,7 @@ class PuzzleMixer:
         targets: torch.Tensor,
         saliency: torch.Tensor,
         block_num: int,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> MixedBatch:
         check_puzzle_inputs(inputs, (block_num,))
         b, device = inputs.shape[0], inputs.device

@@ -9,14 +9,13 @@ from puzzlemix_helpers import NUM_CLASSES, TinyCNN, grad_snapshot, image_data
 from torch.utils.data import DataLoader
 
 from lightning_mix.callbacks import PuzzleMix
-from lightning_mix.mixing import mix_targets
 
 
 def _trainer(callbacks, steps=2, **options):
-    settings = dict(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )
+    settings = {
+        "accelerator": "cpu", "max_steps": steps, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+    }
     return pl.Trainer(callbacks=callbacks, **{**settings, **options})
 
 
@@ -33,7 +32,8 @@ def test_training_step_receives_the_mix_and_parameter_gradients_are_untouched():
         mixes.append((clean, self.last_mixed))
 
     class Before(pl.Callback):
-        seen: list = []
+        def __init__(self) -> None:
+            self.seen: list = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.seen.append(grad_snapshot(pl_module))

@@ -28,7 +28,6 @@ def neigh_penalty(input1, input2, k):
 
 def authors_energy(input1, grad1, indices, block_num, alpha, beta, gamma, eta, neigh_size, n_labels):
     """Per sample: (unary (n, n, L) as graphcut_multi builds it before scaling, pw_x + beta, pw_y + beta)."""
-    input2 = input1[indices]
     batch_size, _, _, width = input1.shape
     block_size = width // block_num
     neigh_size = min(neigh_size, block_size)

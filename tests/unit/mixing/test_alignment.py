@@ -10,9 +10,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "references"))
-from alignmixup_authors import mixup_aligned  # noqa: E402
+from alignmixup_authors import mixup_aligned
 
-from lightning_mix.mixing.alignment import align_and_mix, sinkhorn_plan, squared_distance_cost  # noqa: E402
+from lightning_mix.mixing.alignment import (
+    align_and_mix,
+    sinkhorn_plan,
+    squared_distance_cost,
+)
 
 
 def test_sinkhorn_matches_a_hand_worked_3x3_plan():

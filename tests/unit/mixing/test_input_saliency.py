@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_mix.mixing.input_saliency import input_gradient_saliency, pool_saliency, reduce_channels
+from lightning_mix.mixing.input_saliency import (
+    input_gradient_saliency,
+    pool_saliency,
+    reduce_channels,
+)
 
 
 def _linear_case():

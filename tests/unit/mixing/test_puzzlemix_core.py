@@ -13,7 +13,12 @@ from grid_brute_force import brute_force
 from puzzlemix_authors import authors_energy, mask_transport
 
 from lightning_mix.mixing import mix_targets
-from lightning_mix.mixing.graphcut import gco_available, grid_energy, solve_grid_gco, solve_grid_torch
+from lightning_mix.mixing.graphcut import (
+    gco_available,
+    grid_energy,
+    solve_grid_gco,
+    solve_grid_torch,
+)
 from lightning_mix.mixing.puzzlemix import PuzzleMixer, label_prior, puzzle_energy
 from lightning_mix.mixing.transport import permute_blocks, transport_sources
 
@@ -153,7 +158,7 @@ def test_masks_are_valid_and_targets_follow_the_mixed_batch_contract(transport, 
         return
     # without transport each block is w * own + (1 - w) * partner with one w in {0, 1/2, 1}; lam = mean w
     block = 16 // block_num
-    blocks = lambda z: z.reshape(8, 3, block_num, block, block_num, block).permute(0, 2, 4, 1, 3, 5).reshape(8, block_num**2, -1)  # noqa: E731
+    blocks = lambda z: z.reshape(8, 3, block_num, block, block_num, block).permute(0, 2, 4, 1, 3, 5).reshape(8, block_num**2, -1)
     mixed_b, own_b, partner_b = blocks(out.inputs), blocks(x), blocks(x[out.index])
     diff = own_b - partner_b
     w = ((mixed_b - partner_b) * diff).sum(-1) / diff.square().sum(-1).clamp_min(1e-12)
