@@ -43,9 +43,11 @@ class PuzzleMix(MixingCallbackBase):
        mask (graph cut) and transport;
     4. the batch's inputs and targets are replaced: ``targets = lam_i t_i + (1 - lam_i) t_j`` with
        ``lam_i`` the mean of sample ``i``'s mask; :attr:`last_mixed` holds the
-       :class:`~lightning_mix.mixing.MixedBatch`.
+       :class:`~lightning_mix.mixing.MixedBatch` and :attr:`last_block_num` the grid size (both
+       None for a batch left unmixed).
 
-    The module's ``forward`` must return logits (B, K) and ``training_step`` must accept dense
+    The image size is only known at the first batch: block numbers that do not divide it raise
+    there, before any training step. The module's ``forward`` must return logits (B, K) and ``training_step`` must accept dense
     targets (e.g. :func:`~lightning_mix.losses.soft_cross_entropy`). Not implemented: the authors'
     optional adversarial perturbation (``adv_p``, 0 by default) and ``clean_lam > 0``.
     Departures (documented in ``docs/guide/saliency_mixing.md``): the transport result is completed

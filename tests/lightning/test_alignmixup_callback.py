@@ -82,3 +82,27 @@ def test_feature_branch_runs_under_bf16_mixed():
     trainer.fit(model, DataLoader(image_data(32), batch_size=16))
     assert align.last_choice in (0, 1) and align._handle is None
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_resume_continues_the_draws(tmp_path):
+    data = image_data(16)  # one batch per epoch: every step sees the same clean batch
+
+    def run(steps, ckpt=None, save=None):
+        pl.seed_everything(0)
+        model = TinyCNN(dropout=0.0)
+        align = AlignMixup(layer="body", seed=4, threshold=None)
+        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[align])
+        trainer.fit(model, DataLoader(data, batch_size=16), ckpt_path=ckpt)
+        if save:
+            trainer.save_checkpoint(save)
+        return model.train_seen
+
+    full = run(4)
+    run(2, save=tmp_path / "half.ckpt")
+    resumed = run(4, ckpt=tmp_path / "half.ckpt")
+    assert len(resumed) == 2
+    for (x_full, y_full), (x_res, y_res) in zip(full[2:], resumed):
+        torch.testing.assert_close(x_res, x_full)
+        torch.testing.assert_close(y_res, y_full)
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(full[:2], full[2:]))  # the draws did change
