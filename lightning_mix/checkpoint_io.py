@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "atomic_write_path",
     "CheckpointError",
     "IncompatibleCheckpointsError",
     "TRAINING_STATE_KEYS",
@@ -244,26 +245,36 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def save_checkpoint_atomically(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj)`` to ``path`` through a temporary file in the same folder and a rename.
+@contextmanager
+def atomic_write_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder that is renamed over ``path`` when the block succeeds.
 
-    Readers never see a partial file: the temporary file (``.NAME.<random>.tmp``) is renamed over
-    ``path`` only once complete and flushed to disk, and removed on any failure (including
-    ``KeyboardInterrupt`` and, in the main thread, SIGTERM). Missing parent folders are created.
-    The file is opened like ``torch.save(obj, path)`` opens it, so its mode follows the umask
-    (``0644`` by default). Returns ``path``.
+    For writers that take a path (``trainer.save_checkpoint``, ``figure.savefig``): write the file
+    at the yielded path inside the block. Readers never see a partial file: the rename happens only
+    after the block returns, and the temporary file (``.NAME.<random>.tmp``) is removed on any
+    failure (including ``KeyboardInterrupt`` and, in the main thread, SIGTERM). Missing parent
+    folders are created. A block that writes nothing leaves ``path`` untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     with _sigterm_raises():
         try:
-            with open(tmp, "xb") as handle:
-                torch.save(obj, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
+            yield tmp
+            if tmp.exists():
+                os.replace(tmp, path)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-    return path
+
+
+def save_checkpoint_atomically(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write_path`, flushed to disk before the rename.
+
+    The file is opened like ``torch.save(obj, path)`` opens it, so its mode follows the umask
+    (``0644`` by default). Returns ``path``.
+    """
+    with atomic_write_path(path) as tmp, open(tmp, "xb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)

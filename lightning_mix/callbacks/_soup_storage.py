@@ -1,8 +1,9 @@
 """The files ModelSoup writes: ingredient and soup names, an earlier run's files, stale temporary files.
 
 Ingredients are ``ingredient-epoch=EEEE.pt`` and soups ``soup-<recipe>.ckpt``; both are written
-through a hidden temporary file in the same directory (``.ingredient-epoch=...tmp``,
-``.soup-<recipe>.ckpt.tmp``) and renamed, so a crash leaves at most such a temporary file.
+through :mod:`lightning_mix.checkpoint_io` (a hidden temporary file in the same directory,
+``.ingredient-epoch=....pt.<random>.tmp`` or ``.soup-<recipe>.ckpt.<random>.tmp``, then a rename),
+so a crash leaves at most such a temporary file.
 """
 
 from __future__ import annotations
@@ -10,20 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["INGREDIENT_GLOB", "earlier_run_files", "ingredient_path", "remove_stale_tmp_files", "soup_paths"]
+__all__ = ["INGREDIENT_GLOB", "earlier_run_files", "ingredient_path", "remove_stale_tmp_files", "soup_path"]
 
 INGREDIENT_GLOB = "ingredient-epoch=*.pt"
 _SOUP_GLOB = "soup-*.ckpt"
-_TMP_GLOBS = (".ingredient-epoch=*.tmp", ".soup-*.ckpt.tmp")
+_TMP_GLOBS = (".ingredient-epoch=*.tmp", ".soup-*.ckpt*.tmp")
 
 
 def ingredient_path(directory: str | Path, epoch: int) -> Path:
     return Path(directory) / f"ingredient-epoch={epoch:04d}.pt"
 
 
-def soup_paths(directory: Path, recipe: str) -> tuple[Path, Path]:
-    """The soup checkpoint's path and the temporary path it is written to first."""
-    return directory / f"soup-{recipe}.ckpt", directory / f".soup-{recipe}.ckpt.tmp"
+def soup_path(directory: Path, recipe: str) -> Path:
+    """The soup checkpoint's path."""
+    return directory / f"soup-{recipe}.ckpt"
 
 
 def earlier_run_files(directories: Iterable[Path], ours: Iterable[str | Path]) -> list[Path]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import Metric
 
+from lightning_mix.checkpoint_io import atomic_write_path
 from lightning_mix.metrics import (
     BrierScore,
     CalibrationError,
@@ -299,12 +298,6 @@ class CalibrationMonitor(Callback):
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "reliability_diagrams"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{prefix}_epoch{epoch:03d}_step{step:07d}.png"
-        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-        os.close(handle)
-        try:
+        with atomic_write_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         self.last_figure_paths.append(path)

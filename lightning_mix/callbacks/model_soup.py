@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from lightning_mix.callbacks._soup_storage import (
     earlier_run_files,
     ingredient_path,
     remove_stale_tmp_files,
-    soup_paths,
+    soup_path,
 )
 from lightning_mix.callbacks._trainer_state import (
     check_not_sharded,
@@ -53,6 +52,7 @@ from lightning_mix.callbacks._validation_reuse import (
     ValidationCapture,
     weights_fingerprint,
 )
+from lightning_mix.checkpoint_io import atomic_write_path
 
 __all__ = ["ModelSoup"]
 
@@ -742,17 +742,12 @@ class ModelSoup(WeightOwner, Callback):
         if state is not self._in_module:
             pl_module.load_state_dict(state)
         self._in_module = state
-        directory = self._soup_dir(trainer)
-        path, tmp = soup_paths(directory, name)
-        if trainer.is_global_zero:
-            directory.mkdir(parents=True, exist_ok=True)
-        try:
+        path = soup_path(self._soup_dir(trainer), name)
+        # Lightning builds the checkpoint (hyper-parameters, module hooks); checkpoint_io makes the write
+        # atomic. Every rank calls save_checkpoint (it synchronises); only rank 0 writes, so only its
+        # temporary file exists to be renamed.
+        with atomic_write_path(path) as tmp:
             trainer.save_checkpoint(tmp, weights_only=True)
-            if trainer.is_global_zero:
-                os.replace(tmp, path)
-        finally:
-            if trainer.is_global_zero and tmp.exists():
-                tmp.unlink()
         trainer.strategy.barrier("ModelSoup.save")
         self.soup_paths[name] = str(path)
 

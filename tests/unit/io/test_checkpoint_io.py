@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lightning_mix.checkpoint_io import (
+    atomic_write_path,
     CheckpointError,
     IncompatibleCheckpointsError,
     check_compatible,
@@ -144,3 +145,24 @@ def test_interrupted_save_leaves_no_temporary_and_keeps_the_old_file(tmp_path, m
         save_checkpoint_atomically(_state(), target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.ckpt"] and target.read_bytes() == b"old"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_atomic_write_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
+    """Writers that take a path (trainer.save_checkpoint, savefig) get the same atomicity."""
+    target = tmp_path / "sub" / "figure.png"
+    with atomic_write_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".figure.png.")
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["figure.png"]
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_write_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new"  # the old file is kept, no temporary left
+    assert sorted(p.name for p in target.parent.iterdir()) == ["figure.png"]
+
+    with atomic_write_path(tmp_path / "untouched.ckpt"):
+        pass  # a block that writes nothing (a rank that does not write) creates nothing
+    assert not (tmp_path / "untouched.ckpt").exists()
