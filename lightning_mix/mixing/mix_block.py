@@ -71,10 +71,13 @@ class PixelMixBlock(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, features: torch.Tensor, index: torch.Tensor, lam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, index: torch.Tensor, lam: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
         if features.dim() != 4 or features.shape[1] != self.in_channels:
             raise ValueError(
-                f"PixelMixBlock expects feature maps of shape (N, {self.in_channels}, h, w), got {tuple(features.shape)}; "
+                f"PixelMixBlock expects feature maps of shape (N, {self.in_channels}, h, w), "
+                f"got {tuple(features.shape)}; "
                 "check the feature layer and feature_channels."
             )
         n, _, h, w = features.shape
@@ -111,7 +114,9 @@ def automix_mask_loss(partner_share: torch.Tensor, lam: torch.Tensor, margin: fl
     return torch.clamp(gap - margin, min=0.0)
 
 
-def automix_momentum(step: int, total_steps: int, base: float = 0.999, end: float = 0.999999, start: float = 0.1) -> float:
+def automix_momentum(
+    step: int, total_steps: int, base: float = 0.999, end: float = 0.999999, start: float = 0.1
+) -> float:
     """Momentum of the encoder copy after optimiser step ``step`` (0-based) of ``total_steps``.
 
     The authors' ``CosineScheduleHook(end_momentum=0.999999, adjust_scope=[0.1, 1.0],

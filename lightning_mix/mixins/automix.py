@@ -8,7 +8,7 @@ images mixed with those masks. The step follows ``AutoMixup.forward_train`` of W
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ _CHECKPOINT_KEY = "automix"
 _BLOCK_NAME = "automix_block"
 
 
-def mixed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def mixed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, lam: torch.Tensor
+) -> torch.Tensor:
     """Mixup's loss ``mean_i [lam_i CE(z_i, y_i) + (1 - lam_i) CE(z_i, y_index_i)]`` (float32).
 
     ``labels`` are class indices (B,) or dense targets (B, C); ``lam`` is (B,), the share of each sample itself.
@@ -133,7 +135,7 @@ class AutoMixMixin:
     automix_clean_weight: float = 1.0
     automix_block_weight: float = 1.0
     automix_logits_method: str = "forward"
-    automix_seed: Optional[int] = None
+    automix_seed: int | None = None
     automix_input_key: BatchKey = 0
     automix_target_key: BatchKey = 1
 
@@ -154,7 +156,7 @@ class AutoMixMixin:
         upsample_mode: str = "nearest",
         lam_embedding: str = "none",
         logits_method: str = "forward",
-        seed: Optional[int] = None,
+        seed: int | None = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
     ) -> None:
@@ -186,18 +188,24 @@ class AutoMixMixin:
         if not isinstance(self, nn.Module) or "_modules" not in self.__dict__:
             raise RuntimeError("Call configure_automix in __init__ after super().__init__(), on a LightningModule.")
         if not feature_layer or not isinstance(feature_layer, str):
-            raise ValueError("feature_layer must name a layer of the module (a name from named_modules()), e.g. 'layer3'.")
+            raise ValueError(
+                "feature_layer must name a layer of the module (a name from named_modules()), e.g. 'layer3'."
+            )
         if not alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha}.")
         if not 0 <= momentum <= end_momentum <= 1:
-            raise ValueError(f"need 0 <= momentum <= end_momentum <= 1, got momentum={momentum}, end_momentum={end_momentum}.")
+            raise ValueError(
+                f"need 0 <= momentum <= end_momentum <= 1, got momentum={momentum}, end_momentum={end_momentum}."
+            )
         if not 0 <= momentum_start <= 1:
             raise ValueError(f"momentum_start must lie in [0, 1], got {momentum_start}.")
         for name, value in (("mask_weight", mask_weight), ("mask_margin", mask_margin), ("clean_weight", clean_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}.")
         if not block_weight > 0:
-            raise ValueError(f"block_weight must be positive (the Mix Block learns only through it), got {block_weight}.")
+            raise ValueError(
+                f"block_weight must be positive (the Mix Block learns only through it), got {block_weight}."
+            )
         if not 0 <= lam_margin < 0.5:
             raise ValueError(f"lam_margin must lie in [0, 0.5), got {lam_margin}.")
         if not callable(getattr(self, logits_method, None)):
@@ -220,7 +228,9 @@ class AutoMixMixin:
         setattr(
             self,
             _BLOCK_NAME,
-            PixelMixBlock(feature_channels, reduction=reduction, upsample_mode=upsample_mode, lam_embedding=lam_embedding),
+            PixelMixBlock(
+                feature_channels, reduction=reduction, upsample_mode=upsample_mode, lam_embedding=lam_embedding
+            ),
         )
 
     # -- checks ----------------------------------------------------------------------------------
@@ -228,7 +238,9 @@ class AutoMixMixin:
     def _automix_block(self) -> PixelMixBlock:
         block = getattr(self, _BLOCK_NAME, None)
         if block is None:
-            raise RuntimeError("AutoMixMixin: call self.configure_automix(feature_layer=..., feature_channels=...) in __init__.")
+            raise RuntimeError(
+                "AutoMixMixin: call self.configure_automix(feature_layer=..., feature_channels=...) in __init__."
+            )
         return block
 
     def _automix_check(self) -> None:
@@ -236,9 +248,14 @@ class AutoMixMixin:
         modules = dict(self.named_modules())
         if self.automix_feature_layer not in modules:
             names = [n for n in modules if n and not n.startswith(_BLOCK_NAME)][:20]
-            raise ValueError(f"feature_layer {self.automix_feature_layer!r} is not a layer of the module; some names: {names}.")
+            raise ValueError(
+                f"feature_layer {self.automix_feature_layer!r} is not a layer of the module; some names: {names}."
+            )
         if not self.automatic_optimization:
-            raise RuntimeError("AutoMixMixin uses automatic optimisation (one optimiser, as the authors); set automatic_optimization=True.")
+            raise RuntimeError(
+                "AutoMixMixin uses automatic optimisation (one optimiser, as the authors); "
+                "set automatic_optimization=True."
+            )
         optimised = {id(p) for opt in self.trainer.optimizers for group in opt.param_groups for p in group["params"]}
         missing = [n for n, p in block.named_parameters() if id(p) not in optimised]
         if missing:
@@ -267,7 +284,7 @@ class AutoMixMixin:
         return stream
 
     def automix_draw(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """This step's draws: ``index_mb``, ``index_bb`` (B,) permutations and ``lam_mb``, ``lam_bb`` (B,), one value each."""
+        """This step's draws: permutations ``index_mb``, ``index_bb`` and ratios ``lam_mb``, ``lam_bb`` (B,) each."""
         stream = self._automix_stream()
         generator = stream.generator(device)
         index_mb = torch.randperm(batch_size, generator=generator, device=device)
@@ -325,13 +342,17 @@ class AutoMixMixin:
             momentum = self.automix_base_momentum
         else:
             momentum = automix_momentum(
-                step - 1, int(total_steps), self.automix_base_momentum, self.automix_end_momentum, self.automix_momentum_start
+                step - 1,
+                int(total_steps),
+                self.automix_base_momentum,
+                self.automix_end_momentum,
+                self.automix_momentum_start,
             )
         names, params, _, _ = self._automix_online()
         ema_update_([state[n] for n in names], params, momentum)
         self._automix_synced_step = step
 
-    def _automix_call(self, state: Optional[dict[str, torch.Tensor]], inputs: torch.Tensor) -> torch.Tensor:
+    def _automix_call(self, state: dict[str, torch.Tensor] | None, inputs: torch.Tensor) -> torch.Tensor:
         method = getattr(self, self.automix_logits_method)
         if state is None:
             return method(inputs)
@@ -361,9 +382,12 @@ class AutoMixMixin:
     # -- the step ------------------------------------------------------------------------------------
 
     def automix_losses(self, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One AutoMix step's losses: ``loss`` (their weighted sum), ``mix_loss``, ``clean_loss``,
-        ``block_loss``, ``mask_loss``, plus the clean ``logits``, the masks ``mask_mb``/``mask_bb``
-        (partner's share, (B, 1, H, W)) and the draws. The momentum copy is used as it stands."""
+        """One AutoMix step's losses and what they were computed from.
+
+        Returns ``loss`` (the weighted sum), ``mix_loss``, ``clean_loss``, ``block_loss``, ``mask_loss``,
+        the clean ``logits``, the masks ``mask_mb``/``mask_bb`` (partner's share, (B, 1, H, W)) and the
+        draws of :meth:`automix_draw`. The momentum copy is used as it stands (no EMA update here).
+        """
         block = self._automix_block()
         batch_size = inputs.shape[0]
         draws = self.automix_draw(batch_size, inputs.device)
@@ -438,8 +462,10 @@ class AutoMixMixin:
         saved = checkpoint.get(_CHECKPOINT_KEY)
         if not saved:
             return
-        seed = saved["seed"] if saved["seed"] is not None else (
-            self.automix_seed if self.automix_seed is not None else torch.initial_seed()
+        seed = (
+            saved["seed"]
+            if saved["seed"] is not None
+            else (self.automix_seed if self.automix_seed is not None else torch.initial_seed())
         )
         self._automix_restored = {"seed": int(seed), "counter": int(saved["counter"])}
         self._automix_restored_momentum = saved["momentum"]

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from references.automix_reference import reference_mask_loss, reference_momentum, reference_partner_mask
+
 from lightning_mix.mixing.mix_block import PixelMixBlock, automix_mask_loss, automix_momentum, mix_with_mask
 
 
@@ -22,8 +22,13 @@ def test_mask_matches_the_authors_rule_and_lies_in_unit_interval():
     index = torch.tensor([2, 0, 3, 1])
     mask = block(features, index, torch.full((4,), 0.3), (12, 12))
     expected = reference_partner_mask(
-        block.query.weight[:, :, 0, 0].detach(), block.query.bias.detach(),
-        block.value.weight[:, :, 0, 0].detach(), block.value.bias.detach(), features, index, scale=4,
+        block.query.weight[:, :, 0, 0].detach(),
+        block.query.bias.detach(),
+        block.value.weight[:, :, 0, 0].detach(),
+        block.value.bias.detach(),
+        features,
+        index,
+        scale=4,
     )
     assert mask.shape == (4, 1, 12, 12) and mask.dtype == torch.float32
     torch.testing.assert_close(mask, expected, rtol=1e-5, atol=1e-6)
