@@ -6,30 +6,19 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from automix_helpers import AutoMixCNN, make_data, make_loader
 from references.automix_reference import reference_momentum
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mix.demos import SmallCNN
 from lightning_mix.mixing.mix_block import automix_momentum
-from lightning_mix.mixins import AutoMixMixin
-
-
-class AutoMixCNN(AutoMixMixin, SmallCNN):
-    def __init__(self, width: int = 4, seed: int = 0, feature_layer: str = "block2", lam_margin: float = 0.08):
-        super().__init__(width=width, cosine_schedule=False)
-        self.configure_automix(
-            feature_layer=feature_layer, feature_channels=2 * width, seed=seed, lam_margin=lam_margin
-        )
 
 
 def _data(n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return make_data(n, seed)
 
 
 def _loader(batch_size=8, n=32):
-    return DataLoader(_data(n), batch_size=batch_size, shuffle=False)
+    return make_loader(batch_size, n)
 
 
 def _trainer(**options):
@@ -262,3 +251,33 @@ def test_errors_name_the_problem():
     model.automix_feature_layer = "automix_block.query"  # a layer the network's forward never runs
     with pytest.raises(RuntimeError, match="never ran the feature layer"):
         model.automix_features(torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_draw_differently_and_resume_exactly(tmp_path):
+    """Two 2-process DDP launches (tests/ddp/scripts/automix_ddp.py): straight 4 steps, then resumed from step 2."""
+    from ddp_utils import run_ddp_script
+
+    ckpt, straight_dir, resumed_dir = tmp_path / "ckpt", tmp_path / "straight", tmp_path / "resumed"
+    for folder in (ckpt, straight_dir, resumed_dir):
+        folder.mkdir()
+    s0, s1 = run_ddp_script("automix_ddp.py", straight_dir, "straight", str(ckpt))
+    r0, r1 = run_ddp_script("automix_ddp.py", resumed_dir, "resume", str(ckpt))
+    params = s0["param_names"]
+    assert any(n.startswith("automix_block.") for n in params)
+    for name in params:  # DDP kept the classifier, the Mix Block and the momentum copy equal on both ranks
+        torch.testing.assert_close(s0["state"][name], s1["state"][name], rtol=0, atol=0)
+        if not name.startswith("automix_block."):
+            torch.testing.assert_close(s0["momentum"][name], s1["momentum"][name], rtol=0, atol=0)
+    assert s0["counter"] == s1["counter"] == 4
+    assert not torch.equal(s0["next_index"], s1["next_index"]) or not torch.equal(s0["next_lam"], s1["next_lam"])
+    for straight, resumed in ((s0, r0), (s1, r1)):
+        for name, value in straight["state"].items():
+            torch.testing.assert_close(value, resumed["state"][name], rtol=0, atol=0, msg=name)
+        for name in params:
+            if not name.startswith("automix_block."):
+                torch.testing.assert_close(straight["momentum"][name], resumed["momentum"][name], rtol=0, atol=0)
+        for key, moments in straight["optimizer"].items():
+            for moment, value in moments.items():
+                torch.testing.assert_close(value, resumed["optimizer"][key][moment], rtol=0, atol=0)
+        assert torch.equal(straight["next_index"], resumed["next_index"])
