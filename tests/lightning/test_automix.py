@@ -281,3 +281,26 @@ def test_ddp_ranks_agree_draw_differently_and_resume_exactly(tmp_path):
             for moment, value in moments.items():
                 torch.testing.assert_close(value, resumed["optimizer"][key][moment], rtol=0, atol=0)
         assert torch.equal(straight["next_index"], resumed["next_index"])
+
+
+def test_ema_callback_averages_the_mix_block_with_the_classifier_but_not_the_momentum_copy():
+    from lightning_mix.callbacks import EMA
+
+    pl.seed_everything(0)
+    model = AutoMixCNN()
+    ema = EMA(decay=0.5)
+    record = _RecordWeights()
+    trainer = _trainer(max_steps=3, callbacks=[ema, record])
+    trainer.fit(model, _loader(batch_size=4))
+    averaged = ema.averaged_state_dict()
+    assert any(k.startswith("automix_block.") for k in averaged)  # the documented decision
+    # EMA owns the final weights: the module now holds the average, Mix Block included
+    for name, value in averaged.items():
+        torch.testing.assert_close(model.state_dict()[name].float(), value.float())
+    # the momentum copy follows the *trained* weights (its own schedule), not EMA's average
+    m0, m1 = (reference_momentum(s, trainer.estimated_stepping_batches) for s in (0, 1))
+    trained = record.snapshots
+    expected = (trained[0]["head.weight"] * m0 + trained[1]["head.weight"] * (1 - m0)) * m1 + trained[2][
+        "head.weight"
+    ] * (1 - m1)
+    torch.testing.assert_close(model.automix_momentum_state()["head.weight"], expected, rtol=0, atol=1e-6)
