@@ -35,10 +35,10 @@ class PixelMixBlock(nn.Module):
         m = sigmoid(upsample(P v))
 
     The mixed image is ``x * (1 - m) + x[index] * m`` (:func:`mix_with_mask`). The attention and the
-    mask are computed in float32 with autocast off (as the authors force fp32). With
-    ``lam_embedding="concat"`` a constant channel ``lam`` is appended to ``z`` and ``1 - lam`` to
-    ``z[index]`` (the authors' ``lam_concat`` option); the default ``"none"`` is their CIFAR setting,
-    where only :func:`automix_mask_loss` ties the mask to lam. Weights start as N(0, 0.01), biases 0
+    mask are computed in float32 with autocast off (as the authors force fp32), whatever the
+    block's own dtype. With ``lam_embedding="concat"`` a constant channel ``lam`` is appended to
+    ``z`` and ``1 - lam`` to ``z[index]`` (the authors' ``lam_concat`` option); the default
+    ``"none"`` is their CIFAR setting, where only :func:`automix_mask_loss` ties the mask to lam. Weights start as N(0, 0.01), biases 0
     (the authors' ``init_weights``).
 
     Args:
@@ -88,9 +88,11 @@ class PixelMixBlock(nn.Module):
                 lam_map = lam.float().view(n, 1, 1, 1).expand(n, 1, h, w)
                 own = torch.cat([own, lam_map], dim=1)
                 partner = torch.cat([partner, 1 - lam_map], dim=1)
-            q = self.query(own).flatten(2).transpose(1, 2)  # (n, hw, c)
-            k = self.query(partner).flatten(2)  # (n, c, hw)
-            v = self.value(partner).flatten(2).transpose(1, 2)  # (n, hw, 1)
+            wq, bq = self.query.weight.float(), self.query.bias.float()  # float32 even in a half-precision model
+            wv, bv = self.value.weight.float(), self.value.bias.float()
+            q = F.conv2d(own, wq, bq).flatten(2).transpose(1, 2)  # (n, hw, c)
+            k = F.conv2d(partner, wq, bq).flatten(2)  # (n, c, hw)
+            v = F.conv2d(partner, wv, bv).flatten(2).transpose(1, 2)  # (n, hw, 1)
             attention = torch.softmax(torch.bmm(q, k) / math.sqrt(self.inter_channels), dim=-1)
             logits = torch.bmm(attention, v).view(n, 1, h, w)
             logits = F.interpolate(logits, size=tuple(size), mode=self.upsample_mode)

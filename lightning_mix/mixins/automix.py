@@ -324,6 +324,11 @@ class AutoMixMixin:
             self._automix_param_names = param_names
             if not hasattr(self, "_automix_synced_step"):
                 self._automix_synced_step = None
+        elif state:
+            device = next(self.parameters()).device
+            if next(iter(state.values())).device != device:  # the module moved since the copy was made
+                for name in state:
+                    state[name] = state[name].to(device)
         return state
 
     def automix_sync_momentum(self, step: int, total_steps: float) -> None:
@@ -356,6 +361,10 @@ class AutoMixMixin:
         method = getattr(self, self.automix_logits_method)
         if state is None:
             return method(inputs)
+        dtype = next(self.parameters()).dtype
+        if dtype != torch.float32:  # true half precision: run the float32 copy in the network's dtype
+            names = set(self._automix_param_names)
+            state = {n: (t.to(dtype) if n in names else t) for n, t in state.items()}
         wrapper = _MethodCall(self, self.automix_logits_method)
         return torch.func.functional_call(wrapper, {"module." + n: t for n, t in state.items()}, (inputs,))
 

@@ -304,3 +304,14 @@ def test_ema_callback_averages_the_mix_block_with_the_classifier_but_not_the_mom
         "head.weight"
     ] * (1 - m1)
     torch.testing.assert_close(model.automix_momentum_state()["head.weight"], expected, rtol=0, atol=1e-6)
+
+
+def test_true_bf16_network_runs_its_float32_momentum_copy_in_bf16():
+    torch.manual_seed(0)
+    model = AutoMixCNN().to(torch.bfloat16)
+    x, y = _data(4)[:]
+    out = model.automix_losses(x.to(torch.bfloat16), y)
+    assert torch.isfinite(out["loss"]) and out["mask_mb"].dtype == torch.float32
+    state = model.automix_momentum_state()
+    assert state["head.weight"].dtype == torch.float32
+    torch.testing.assert_close(state["head.weight"], model.head.weight.float())
