@@ -38,8 +38,8 @@ class PixelMixBlock(nn.Module):
     mask are computed in float32 with autocast off (as the authors force fp32), whatever the
     block's own dtype. With ``lam_embedding="concat"`` a constant channel ``lam`` is appended to
     ``z`` and ``1 - lam`` to ``z[index]`` (the authors' ``lam_concat`` option); the default
-    ``"none"`` is their CIFAR setting, where only :func:`automix_mask_loss` ties the mask to lam. Weights start as N(0, 0.01), biases 0
-    (the authors' ``init_weights``).
+    ``"none"`` is their CIFAR setting, where only :func:`automix_mask_loss` ties the mask to lam.
+    Weights start as N(0, 0.01), biases 0 (the authors' ``init_weights``).
 
     Args:
         in_channels: channels C of the feature map.
