@@ -17,10 +17,17 @@ from lightning_mix.averaging.ema import ema_update_
 from lightning_mix.callbacks._batch_access import BatchKey
 from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import soft_cross_entropy
-from lightning_mix.mixing.mix_block import PixelMixBlock, automix_mask_loss, automix_momentum, mix_with_mask
+from lightning_mix.mixing.mix_block import (
+    PixelMixBlock,
+    SAMixBlock,
+    adjust_mask_to_lam,
+    automix_mask_loss,
+    automix_momentum,
+    mix_with_mask,
+)
 from lightning_mix.mixing.sampling import sample_beta
 
-__all__ = ["AutoMixMixin", "mixed_cross_entropy"]
+__all__ = ["AutoMixMixin", "SAMixMixin", "mixed_cross_entropy"]
 
 _CHECKPOINT_KEY = "automix"
 _BLOCK_NAME = "automix_block"
@@ -138,6 +145,8 @@ class AutoMixMixin:
     automix_seed: int | None = None
     automix_input_key: BatchKey = 0
     automix_target_key: BatchKey = 1
+    automix_mask_adjust: float = 0.0
+    automix_mask_variance_weight: float = 0.0
 
     def configure_automix(
         self,
@@ -235,7 +244,7 @@ class AutoMixMixin:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _automix_block(self) -> PixelMixBlock:
+    def _automix_block(self) -> nn.Module:
         block = getattr(self, _BLOCK_NAME, None)
         if block is None:
             raise RuntimeError(
@@ -284,18 +293,24 @@ class AutoMixMixin:
         return stream
 
     def automix_draw(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """This step's draws: permutations ``index_mb``, ``index_bb`` and ratios ``lam_mb``, ``lam_bb`` (B,) each."""
+        """This step's draws from the seeded stream (one stream position per call).
+
+        Permutations ``index_mb``, ``index_bb`` and ratios ``lam_mb``, ``lam_bb`` (B,) each, and
+        ``adjust_draw`` (1,), a uniform number deciding SAMix's mask adjustment.
+        """
         stream = self._automix_stream()
         generator = stream.generator(device)
         index_mb = torch.randperm(batch_size, generator=generator, device=device)
         index_bb = torch.randperm(batch_size, generator=generator, device=device)
         lam = sample_beta(self.automix_alpha, self.automix_alpha, 2, generator, device)
+        adjust_draw = torch.rand((1,), generator=generator, device=device)
         stream.advance()
         return {
             "index_mb": index_mb,
             "index_bb": index_bb,
             "lam_mb": lam[0].expand(batch_size),
             "lam_bb": lam[1].expand(batch_size),
+            "adjust_draw": adjust_draw,
         }
 
     # -- momentum copy -----------------------------------------------------------------------------
@@ -406,6 +421,9 @@ class AutoMixMixin:
         mask_mb = block(features, draws["index_mb"], draws["lam_mb"], size)
         mask_bb = block(features, draws["index_bb"], draws["lam_bb"], size).detach()
         lam_bb = draws["lam_bb"]
+        if self.automix_mask_adjust > 0:  # SAMix: sometimes rescale the classifier's mask to mean lam exactly
+            adjust = (draws["adjust_draw"] < self.automix_mask_adjust).view(1, 1, 1, 1)
+            mask_bb = torch.where(adjust, adjust_mask_to_lam(mask_bb, lam_bb), mask_bb)
         plain = (lam_bb <= self.automix_lam_margin) | (1 - lam_bb <= self.automix_lam_margin)
         mask_bb = torch.where(plain.view(-1, 1, 1, 1), (1 - lam_bb).view(-1, 1, 1, 1).to(mask_bb.dtype), mask_bb)
 
@@ -416,7 +434,9 @@ class AutoMixMixin:
         clean_loss = soft_cross_entropy(logits, labels)
         block_logits = self._automix_call(momentum_state, mixed_mb)
         block_loss = mixed_cross_entropy(block_logits, labels, draws["index_mb"], draws["lam_mb"])
-        mask_loss = automix_mask_loss(mask_mb, draws["lam_mb"], self.automix_mask_margin)
+        mask_loss = automix_mask_loss(
+            mask_mb, draws["lam_mb"], self.automix_mask_margin, self.automix_mask_variance_weight
+        )
         loss = (
             mix_loss
             + self.automix_clean_weight * clean_loss
@@ -481,3 +501,132 @@ class AutoMixMixin:
         self._automix_rng = None
         self._automix_momentum_state = None
         self._automix_synced_step = saved["synced_step"]
+
+
+class SAMixMixin(AutoMixMixin):
+    """SAMix in its supervised setting: AutoMix's training step with SAMix's Mix Block and regularisers.
+
+    SAMix: Li et al., "Boosting Discriminative Visual Representation Learning with Scenario-Agnostic Mixup".
+
+    The contract, the step, the momentum copy, checkpoints and the averaging callbacks are
+    :class:`AutoMixMixin`'s. What changes, following the authors' SAMix CIFAR config (same
+    ``AutoMixup`` class in Westlake-AI/openmixup, ``configs/classification/cifar100/samix/basic/r18/
+    unsampling_modebilinear/r18_l2_a2_bili_val_dp0_mul_x_cat_L1_var_01_mlr5e_2_lam_mul_k0_25_mask_adjust0_25_ep800.py``):
+
+    * the Mix Block is :class:`~lightning_mix.mixing.mix_block.SAMixBlock`: lam enters the features
+      (residual multiplication after :func:`~lightning_mix.mixing.mix_block.rescale_lam`, k = 0.25),
+      query and key read both samples' features, the value is a small conv-BN-ELU-conv network,
+      bilinear upsampling;
+    * the mask regulariser adds a variance reward, ``L1 - 2 var(m)`` (the authors' ``"L1+Variance"``);
+    * with probability ``mask_adjust = 0.25`` per step the classifier's mask is rescaled so that each
+      sample's own share is exactly lam (:func:`~lightning_mix.mixing.mix_block.adjust_mask_to_lam`).
+
+    Example::
+
+        from lightning_mix.demos import SmallCNN
+        from lightning_mix.mixins import SAMixMixin
+
+        class SAMixCNN(SAMixMixin, SmallCNN):
+            def __init__(self, width: int = 32):
+                super().__init__(width=width)
+                self.configure_samix(feature_layer="block2", feature_channels=2 * width)
+
+    The Mix Block's mixup loss through the momentum copy is :func:`mixed_cross_entropy`: the
+    config's ``head_mix_k`` sets ``neg_weight=0.5`` on a softmax soft cross-entropy, where it
+    multiplies only terms whose target is zero, and ``eta`` is 0, so the paper's eta-balanced loss
+    reduces to the Mixup cross-entropy in this setting.
+
+    Departures: :func:`~lightning_mix.mixing.mix_block.adjust_mask_to_lam` compares the mask with
+    the classifier's lam (``lam_bb``), where the authors' code compares it with the Mix Block's
+    ``lam_mb`` although the classifier's labels use ``lam_bb`` (the comment there says ``lam_bb``);
+    the others are :class:`AutoMixMixin`'s.
+    """
+
+    def configure_samix(
+        self,
+        feature_layer: str,
+        feature_channels: int,
+        alpha: float = 2.0,
+        momentum: float = 0.999,
+        end_momentum: float = 0.999999,
+        momentum_start: float = 0.1,
+        mask_weight: float = 0.1,
+        mask_margin: float = 0.1,
+        variance_weight: float = 2.0,
+        mask_adjust: float = 0.25,
+        lam_margin: float = 0.08,
+        clean_weight: float = 1.0,
+        block_weight: float = 1.0,
+        reduction: int = 2,
+        value_hidden: int | None = None,
+        upsample_mode: str = "bilinear",
+        lam_mul_k: float = 0.25,
+        logits_method: str = "forward",
+        seed: int | None = None,
+        input_key: BatchKey = 0,
+        target_key: BatchKey = 1,
+    ) -> None:
+        """Set SAMix's options and build its Mix Block (call it in ``__init__``, after ``super().__init__()``).
+
+        Arguments shared with :meth:`AutoMixMixin.configure_automix` mean the same; the defaults are
+        the authors' SAMix CIFAR ResNet-18 config.
+
+        Args:
+            feature_layer: dotted name of the layer whose feature map (N, C, h, w) the Mix Block reads.
+            feature_channels: C of that feature map.
+            alpha: Beta(alpha, alpha) of both ratios (authors: 2).
+            momentum: momentum of the encoder copy at the start (authors: 0.999).
+            end_momentum: momentum at the end of the cosine schedule (authors: 0.999999).
+            momentum_start: fraction of training before the cosine schedule starts (authors: 0.1).
+            mask_weight: weight of the mask regulariser (authors: 0.1).
+            mask_margin: margin of its L1 part (authors: 0.1).
+            lam_margin: plain Mixup for the classifier's batch when lam or 1 - lam is at most this (authors: 0.08).
+            clean_weight: weight of the clean cross-entropy (authors: 1).
+            block_weight: weight of the Mix Block's mixup loss through the momentum copy (authors: 1).
+            reduction: query/key channel reduction of the Mix Block (authors: 2).
+            logits_method: name of the method mapping inputs to logits.
+            seed: seed of the mixing stream; None takes ``torch.initial_seed()`` at the first step.
+            input_key: index or key of the inputs in the batch.
+            target_key: index or key of the labels in the batch.
+            variance_weight: weight of the mask variance reward in the mask regulariser (authors: 2).
+            mask_adjust: probability per step of rescaling the classifier's mask to mean lam (authors: 0.25).
+            value_hidden: hidden width of the value network; None is ``feature_channels // 2`` (authors: 128 of 256).
+            upsample_mode: mask upsampling (authors: ``"bilinear"``).
+            lam_mul_k: k of the lam rescaling (authors: 0.25 on CIFAR).
+        """
+        if variance_weight < 0:
+            raise ValueError(f"variance_weight must be non-negative, got {variance_weight}.")
+        if not 0 <= mask_adjust <= 1:
+            raise ValueError(f"mask_adjust is a probability in [0, 1], got {mask_adjust}.")
+        self.configure_automix(
+            feature_layer,
+            feature_channels,
+            alpha=alpha,
+            momentum=momentum,
+            end_momentum=end_momentum,
+            momentum_start=momentum_start,
+            mask_weight=mask_weight,
+            mask_margin=mask_margin,
+            lam_margin=lam_margin,
+            clean_weight=clean_weight,
+            block_weight=block_weight,
+            reduction=reduction,
+            upsample_mode=upsample_mode,
+            logits_method=logits_method,
+            seed=seed,
+            input_key=input_key,
+            target_key=target_key,
+        )
+        setattr(
+            self,
+            _BLOCK_NAME,  # replaces the PixelMixBlock configure_automix built
+            SAMixBlock(
+                feature_channels,
+                reduction=reduction,
+                value_hidden=value_hidden,
+                upsample_mode=upsample_mode,
+                lam_mul_k=lam_mul_k,
+            ),
+        )
+        self.automix_mask_adjust = float(mask_adjust)
+        self.automix_mask_variance_weight = float(variance_weight)

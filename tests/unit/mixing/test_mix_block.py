@@ -4,7 +4,15 @@ import pytest
 import torch
 from references.automix_reference import reference_mask_loss, reference_momentum, reference_partner_mask
 
-from lightning_mix.mixing.mix_block import PixelMixBlock, automix_mask_loss, automix_momentum, mix_with_mask
+from lightning_mix.mixing.mix_block import (
+    PixelMixBlock,
+    SAMixBlock,
+    adjust_mask_to_lam,
+    automix_mask_loss,
+    automix_momentum,
+    mix_with_mask,
+    rescale_lam,
+)
 
 
 def _block(channels=6, std=0.5):
@@ -83,3 +91,57 @@ def test_bad_arguments_are_named():
         PixelMixBlock(4, lam_embedding="mul")
     with pytest.raises(ValueError, match=r"\(N, 4, h, w\).*feature_channels"):
         PixelMixBlock(4)(torch.randn(2, 5, 3, 3), torch.tensor([1, 0]), torch.ones(2), (3, 3))
+
+
+def test_samix_block_matches_the_authors_rule():
+    from references.automix_reference import reference_samix_partner_mask
+
+    torch.manual_seed(0)
+    block = SAMixBlock(6, value_hidden=4)
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.normal_(std=0.5)
+                if module.bias is not None:
+                    module.bias.normal_(std=0.1)
+    features = torch.randn(4, 6, 3, 3)
+    index = torch.tensor([3, 2, 0, 1])
+    mask = block(features, index, torch.full((4,), 0.3), (12, 12))
+    with torch.no_grad():
+        expected = reference_samix_partner_mask(block, features, index, 0.3, (12, 12))
+    assert mask.shape == (4, 1, 12, 12) and bool(((mask >= 0) & (mask <= 1)).all())
+    torch.testing.assert_close(mask, expected, rtol=1e-4, atol=1e-5)
+    other = block(features, index, torch.full((4,), 0.8), (12, 12))
+    assert (other - mask).abs().max() > 1e-4  # lam enters the mask
+
+
+def test_rescale_lam_is_the_authors_and_symmetric():
+    from references.automix_reference import reference_rescale_lam_mult
+
+    lam = torch.tensor([0.0, 0.1, 0.3, 0.5, 0.77, 1.0], dtype=torch.float64)
+    got = rescale_lam(lam, 0.25)
+    expected = torch.tensor([reference_rescale_lam_mult(float(v), 0.25) for v in lam], dtype=torch.float64)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(rescale_lam(1 - lam, 0.25), 1 - got)
+    assert float(got[0]) == 0.0 and float(got[3]) == pytest.approx(0.5) and float(got[-1]) == pytest.approx(1.0)
+
+
+def test_adjust_mask_to_lam_matches_the_authors_branch_and_hits_lam():
+    from references.automix_reference import reference_mask_adjust
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(6, 1, 5, 5, generator=g)
+    for lam in (0.2, 0.5, 0.9):
+        got = adjust_mask_to_lam(mask, torch.full((6,), lam))
+        torch.testing.assert_close(got, reference_mask_adjust(mask, lam), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close((1 - got).mean(dim=(1, 2, 3)), torch.full((6,), lam), rtol=1e-5, atol=1e-6)
+        assert bool(((got >= 0) & (got <= 1)).all())
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.6])
+def test_l1_variance_mask_loss_matches_reference(lam):
+    from references.automix_reference import reference_mask_loss_l1_variance
+
+    mask = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    got = automix_mask_loss(mask, torch.full((5,), lam), margin=0.1, variance_weight=2.0)
+    assert float(got) == pytest.approx(reference_mask_loss_l1_variance(mask, lam, 0.1), abs=1e-6)
