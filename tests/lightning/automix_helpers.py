@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.demos import SmallCNN
-from lightning_mix.mixins import AutoMixMixin
+from lightning_mix.mixins import AutoMixMixin, SAMixMixin
 
 
 class AutoMixCNN(AutoMixMixin, SmallCNN):
@@ -26,3 +26,27 @@ def make_data(n: int = 32, seed: int = 0) -> TensorDataset:
 
 def make_loader(batch_size: int = 8, n: int = 32) -> DataLoader:
     return DataLoader(make_data(n), batch_size=batch_size, shuffle=False)
+
+
+class SAMixCNN(SAMixMixin, SmallCNN):
+    """SmallCNN with SAMix's Mix Block on ``feature_layer``."""
+
+    def __init__(
+        self,
+        width: int = 4,
+        seed: int = 0,
+        feature_layer: str = "block2",
+        lam_margin: float = 0.08,
+        mask_adjust: float = 0.25,
+    ):
+        super().__init__(width=width, cosine_schedule=False)
+        self.configure_samix(
+            feature_layer=feature_layer,
+            feature_channels=2 * width,
+            seed=seed,
+            lam_margin=lam_margin,
+            mask_adjust=mask_adjust,
+        )
+
+
+MODELS = {"automix": AutoMixCNN, "samix": SAMixCNN}

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from automix_helpers import AutoMixCNN, make_data, make_loader
+from automix_helpers import MODELS, AutoMixCNN, SAMixCNN, make_data, make_loader
 from references.automix_reference import reference_momentum
 from torch import nn
 
@@ -35,9 +35,10 @@ def _trainer(**options):
     return pl.Trainer(**{**settings, **options})
 
 
-def test_masks_in_unit_interval_with_one_stated_lam_per_batch():
+@pytest.mark.parametrize("method", sorted(MODELS))
+def test_masks_in_unit_interval_with_one_stated_lam_per_batch(method):
     torch.manual_seed(0)
-    model = AutoMixCNN()
+    model = MODELS[method]()
     x, y = _data(8)[:]
     for _ in range(6):
         out = model.automix_losses(x, y)
@@ -78,9 +79,10 @@ def _mixup_loss(net, x, y, index, lam):
     return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[index])
 
 
-def test_constant_mask_gives_mixups_loss_at_that_lam():
+@pytest.mark.parametrize("method", sorted(MODELS))
+def test_constant_mask_gives_mixups_loss_at_that_lam(method):
     torch.manual_seed(0)
-    model = AutoMixCNN()
+    model = MODELS[method]()
     model.automix_block = _ConstantMask()
     x, y = _data(8)[:]
     reference = copy.deepcopy(model)  # the momentum copy starts equal to the network
@@ -97,9 +99,10 @@ def test_constant_mask_gives_mixups_loss_at_that_lam():
     torch.testing.assert_close(out["block_loss"], expected_block, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_reach_the_mix_block_only_through_its_two_losses():
+@pytest.mark.parametrize("method", sorted(MODELS))
+def test_gradients_reach_the_mix_block_only_through_its_two_losses(method):
     torch.manual_seed(0)
-    model = AutoMixCNN()
+    model = MODELS[method]()
     with torch.no_grad():  # a non-uniform Mix Block, so its gradients are not negligible
         for p in model.automix_block.parameters():
             p.normal_(std=0.3)
@@ -185,9 +188,9 @@ def test_momentum_sync_is_lazy_and_once_per_step():
     )
 
 
-def _fit_for_resume(tmp_path, ckpt_path=None, save=False):
+def _fit_for_resume(tmp_path, ckpt_path=None, save=False, method="automix"):
     pl.seed_everything(0)
-    model = AutoMixCNN(seed=3)
+    model = MODELS[method](seed=3)
     callbacks = []
     if save:
         callbacks.append(
@@ -198,12 +201,13 @@ def _fit_for_resume(tmp_path, ckpt_path=None, save=False):
     return model, trainer
 
 
-def test_exact_resume_of_network_mix_block_momentum_copy_and_optimiser(tmp_path):
-    straight, straight_trainer = _fit_for_resume(tmp_path, save=True)
+@pytest.mark.parametrize("method", sorted(MODELS))
+def test_exact_resume_of_network_mix_block_momentum_copy_and_optimiser(tmp_path, method):
+    straight, straight_trainer = _fit_for_resume(tmp_path, save=True, method=method)
     checkpoint = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)
     assert set(checkpoint["automix"]["momentum"]) == set(straight.automix_momentum_state())
     assert any(k.startswith("automix_block.") for k in checkpoint["state_dict"])
-    resumed, resumed_trainer = _fit_for_resume(tmp_path, ckpt_path=tmp_path / "epoch=0.ckpt")
+    resumed, resumed_trainer = _fit_for_resume(tmp_path, ckpt_path=tmp_path / "epoch=0.ckpt", method=method)
     assert resumed_trainer.global_step == straight_trainer.global_step == 6
     for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
@@ -218,9 +222,10 @@ def test_exact_resume_of_network_mix_block_momentum_copy_and_optimiser(tmp_path)
     assert straight._automix_rng.counter == resumed._automix_rng.counter == 6
 
 
-def test_bf16_mixed_keeps_the_mix_block_and_momentum_copy_in_float32():
+@pytest.mark.parametrize("method", sorted(MODELS))
+def test_bf16_mixed_keeps_the_mix_block_and_momentum_copy_in_float32(method):
     pl.seed_everything(0)
-    model = AutoMixCNN()
+    model = MODELS[method]()
     start = [p.detach().clone() for p in model.automix_block.parameters()]
     trainer = _trainer(max_steps=2, precision="bf16-mixed")
     trainer.fit(model, _loader())
@@ -255,32 +260,35 @@ def test_errors_name_the_problem():
 
 @pytest.mark.slow
 def test_ddp_ranks_agree_draw_differently_and_resume_exactly(tmp_path):
-    """Two 2-process DDP launches (tests/ddp/scripts/automix_ddp.py): straight 4 steps, then resumed from step 2."""
+    """Two 2-process DDP launches (tests/ddp/scripts/automix_ddp.py): straight 4 steps, then resumed from step 2,
+    for AutoMix and SAMix."""
     from ddp_utils import run_ddp_script
 
     ckpt, straight_dir, resumed_dir = tmp_path / "ckpt", tmp_path / "straight", tmp_path / "resumed"
     for folder in (ckpt, straight_dir, resumed_dir):
         folder.mkdir()
-    s0, s1 = run_ddp_script("automix_ddp.py", straight_dir, "straight", str(ckpt))
-    r0, r1 = run_ddp_script("automix_ddp.py", resumed_dir, "resume", str(ckpt))
-    params = s0["param_names"]
-    assert any(n.startswith("automix_block.") for n in params)
-    for name in params:  # DDP kept the classifier, the Mix Block and the momentum copy equal on both ranks
-        torch.testing.assert_close(s0["state"][name], s1["state"][name], rtol=0, atol=0)
-        if not name.startswith("automix_block."):
-            torch.testing.assert_close(s0["momentum"][name], s1["momentum"][name], rtol=0, atol=0)
-    assert s0["counter"] == s1["counter"] == 4
-    assert not torch.equal(s0["next_index"], s1["next_index"]) or not torch.equal(s0["next_lam"], s1["next_lam"])
-    for straight, resumed in ((s0, r0), (s1, r1)):
-        for name, value in straight["state"].items():
-            torch.testing.assert_close(value, resumed["state"][name], rtol=0, atol=0, msg=name)
-        for name in params:
+    s0_all, s1_all = run_ddp_script("automix_ddp.py", straight_dir, "straight", str(ckpt))
+    r0_all, r1_all = run_ddp_script("automix_ddp.py", resumed_dir, "resume", str(ckpt))
+    for method in ("automix", "samix"):
+        s0, s1, r0, r1 = s0_all[method], s1_all[method], r0_all[method], r1_all[method]
+        params = s0["param_names"]
+        assert any(n.startswith("automix_block.") for n in params)
+        for name in params:  # DDP kept the classifier, the Mix Block and the momentum copy equal on both ranks
+            torch.testing.assert_close(s0["state"][name], s1["state"][name], rtol=0, atol=0)
             if not name.startswith("automix_block."):
-                torch.testing.assert_close(straight["momentum"][name], resumed["momentum"][name], rtol=0, atol=0)
-        for key, moments in straight["optimizer"].items():
-            for moment, value in moments.items():
-                torch.testing.assert_close(value, resumed["optimizer"][key][moment], rtol=0, atol=0)
-        assert torch.equal(straight["next_index"], resumed["next_index"])
+                torch.testing.assert_close(s0["momentum"][name], s1["momentum"][name], rtol=0, atol=0)
+        assert s0["counter"] == s1["counter"] == 4
+        assert not torch.equal(s0["next_index"], s1["next_index"]) or not torch.equal(s0["next_lam"], s1["next_lam"])
+        for straight, resumed in ((s0, r0), (s1, r1)):
+            for name, value in straight["state"].items():
+                torch.testing.assert_close(value, resumed["state"][name], rtol=0, atol=0, msg=f"{method} {name}")
+            for name in params:
+                if not name.startswith("automix_block."):
+                    torch.testing.assert_close(straight["momentum"][name], resumed["momentum"][name], rtol=0, atol=0)
+            for key, moments in straight["optimizer"].items():
+                for moment, value in moments.items():
+                    torch.testing.assert_close(value, resumed["optimizer"][key][moment], rtol=0, atol=0)
+            assert torch.equal(straight["next_index"], resumed["next_index"])
 
 
 def test_ema_callback_averages_the_mix_block_with_the_classifier_but_not_the_momentum_copy():
@@ -315,3 +323,36 @@ def test_true_bf16_network_runs_its_float32_momentum_copy_in_bf16():
     state = model.automix_momentum_state()
     assert state["head.weight"].dtype == torch.float32
     torch.testing.assert_close(state["head.weight"], model.head.weight.float())
+
+
+def test_samix_defaults_are_the_authors():
+    from lightning_mix.mixing.mix_block import SAMixBlock
+
+    model = SAMixCNN(width=8)
+    block = model.automix_block
+    assert isinstance(block, SAMixBlock) and block.upsample_mode == "bilinear" and block.lam_mul_k == 0.25
+    assert block.value[0].out_channels == 8  # C // 2 (the authors: 128 of 256)
+    assert model.automix_mask_adjust == 0.25 and model.automix_mask_variance_weight == 2.0
+    assert (model.automix_alpha, model.automix_mask_weight, model.automix_mask_margin, model.automix_lam_margin) == (
+        2.0,
+        0.1,
+        0.1,
+        0.08,
+    )
+    assert not any(isinstance(m, type(AutoMixCNN().automix_block)) for m in model.modules())  # replaced, not kept
+
+
+def test_samix_mask_adjustment_gives_each_sample_exactly_lam():
+    torch.manual_seed(0)
+    model = SAMixCNN(mask_adjust=1.0, lam_margin=0.0)
+    with torch.no_grad():  # a non-uniform Mix Block
+        for p in model.automix_block.parameters():
+            p.normal_(std=0.3)
+    x, y = _data(8)[:]
+    for _ in range(3):
+        out = model.automix_losses(x, y)
+        own = (1 - out["mask_bb"]).mean(dim=(1, 2, 3))
+        torch.testing.assert_close(own, out["lam_bb"], rtol=1e-5, atol=1e-5)
+        assert out["mask_mb"].std() > 1e-4  # the Mix Block's own mask is not adjusted
+    with pytest.raises(ValueError, match="mask_adjust is a probability"):
+        SAMixCNN(mask_adjust=1.5)
