@@ -1,11 +1,12 @@
-"""Step time and memory of AutoMix against ERM and Mixup (SmallCNN on MNIST5k batches).
+"""Step time and memory of AutoMix and SAMix against ERM and Mixup (SmallCNN on MNIST5k batches).
 
 One training step = forward(s), backward and an AdamW step, the same loop for every method:
 
 - ``erm``: cross-entropy on the clean batch;
 - ``mixup``: the library's ``Mixup(alpha=1)`` on inputs and dense targets, cross-entropy on the mixed batch;
 - ``automix``: ``AutoMixMixin`` (momentum update + ``automix_losses``: mixed, clean and momentum-copy
-  forwards, the partial feature forward and the Mix Block).
+  forwards, the partial feature forward and the Mix Block);
+- ``samix``: ``SAMixMixin``, the same step with SAMix's Mix Block and regularisers.
 
 Methods are interleaved over rounds so machine noise hits them alike; the table gives the median
 step time, its ratio to ERM and to Mixup, the bytes autograd saves for backward in one step (the
@@ -28,7 +29,7 @@ import torch
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import Mixup, dense_targets
-from lightning_mix.mixins import AutoMixMixin
+from lightning_mix.mixins import AutoMixMixin, SAMixMixin
 
 
 class AutoMixCNN(AutoMixMixin, SmallCNN):
@@ -37,9 +38,18 @@ class AutoMixCNN(AutoMixMixin, SmallCNN):
         self.configure_automix(feature_layer="block2", feature_channels=2 * width, seed=0)
 
 
+class SAMixCNN(SAMixMixin, SmallCNN):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__(width=width)
+        self.configure_samix(feature_layer="block2", feature_channels=2 * width, seed=0)
+
+
+LEARNED = {"automix": AutoMixCNN, "samix": SAMixCNN}
+
+
 def make_step(method: str, width: int):
     torch.manual_seed(0)
-    model = AutoMixCNN(width) if method == "automix" else SmallCNN(width=width)
+    model = LEARNED[method](width) if method in LEARNED else SmallCNN(width=width)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
     mixup = Mixup(alpha=1.0)
@@ -76,7 +86,7 @@ def make_step(method: str, width: int):
         return sum(seen.values())
 
     def extra_state_bytes() -> int:
-        if method != "automix":
+        if method not in LEARNED:
             return 0
         block = sum(p.numel() * p.element_size() for p in model.automix_block.parameters())
         momentum = sum(t.numel() * t.element_size() for t in model.automix_momentum_state().values())
@@ -96,7 +106,7 @@ def main() -> None:
     data = MNIST5kDataModule(batch_size=args.batch_size)
     data.setup("fit")
     x, y = next(iter(data.train_dataloader()))[:2]
-    methods = ("erm", "mixup", "automix")
+    methods = ("erm", "mixup", "automix", "samix")
     steps, times, saved, extra, rss = {}, {m: [] for m in methods}, {}, {}, {}
     for m in methods:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
