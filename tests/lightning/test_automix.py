@@ -356,3 +356,31 @@ def test_samix_mask_adjustment_gives_each_sample_exactly_lam():
         assert out["mask_mb"].std() > 1e-4  # the Mix Block's own mask is not adjusted
     with pytest.raises(ValueError, match="mask_adjust is a probability"):
         SAMixCNN(mask_adjust=1.5)
+
+
+def test_dense_targets_give_the_same_losses_as_class_indices():
+    torch.manual_seed(0)
+    model = AutoMixCNN()
+    twin = copy.deepcopy(model)  # same weights, same seeded stream
+    x, y = _data(8)[:]
+    a = model.automix_losses(x, y)
+    b = twin.automix_losses(x, F.one_hot(y, 10).float())
+    for key in ("loss", "mix_loss", "clean_loss", "block_loss", "mask_loss"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_logits_method_other_than_forward():
+    class DictOutput(AutoMixCNN):
+        def forward(self, x):  # a forward that does not return logits
+            return {"logits": super().forward(x)}
+
+        def classify(self, x):
+            return self(x)["logits"]
+
+    torch.manual_seed(0)
+    model = DictOutput()
+    model.configure_automix("block2", 8, logits_method="classify", seed=0)
+    x, y = _data(4)[:]
+    out = model.automix_losses(x, y)
+    assert torch.isfinite(out["loss"]) and out["logits"].shape == (4, 10)
+    assert model.automix_features(x).shape == (4, 8, 7, 7)
