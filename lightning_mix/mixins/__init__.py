@@ -1,5 +1,6 @@
 """LightningModule mixins for methods that must change the training step (extra forward passes, ...)."""
 
+from lightning_mix.mixins.automix import AutoMixMixin, SAMixMixin
 from lightning_mix.mixins.rank_mixup import RankMixupMixin
 
-__all__ = ["RankMixupMixin"]
+__all__ = ["AutoMixMixin", "RankMixupMixin", "SAMixMixin"]
