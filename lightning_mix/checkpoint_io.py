@@ -52,7 +52,7 @@ __all__ = [
     "save_checkpoint_atomically",
 ]
 
-#: Entries of a Lightning checkpoint that describe a training run, not a set of weights: a file
+#: Entries of a Lightning checkpoint that describe a training run, not a set of weights; a file
 #: derived from checkpoints (a merge, a soup) drops them. ``current_model_state`` and
 #: ``averaging_state`` belong to the EMA/SWA layout of the input they came from.
 TRAINING_STATE_KEYS = (

@@ -32,7 +32,7 @@ class AlignMixup(MixingCallbackBase):
     Each training batch, in ``on_train_batch_start``: partners by a random permutation, one
     ``lam ~ Beta(alpha, alpha)`` for the batch, targets made dense and mixed with ``lam``; then, with
     probability ``input_prob`` (authors: one half), the inputs are mixed as in Mixup; otherwise a
-    one-shot forward hook on ``layer`` (a module returning feature maps (B, C, *spatial); the
+    one-shot forward hook on ``layer`` (a module returning feature maps ``(B, C, *spatial)``; the
     authors use the last residual stage) replaces its output by the aligned mix of
     :func:`~lightning_mix.mixing.alignment.align_and_mix`, in a direction drawn uniformly (the
     authors' ``align_mix``). The hook mixes only the first training-mode forward through the layer
