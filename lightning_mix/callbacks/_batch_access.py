@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["check_mutable_batch", "get_entry", "set_entry"]
+
 BatchKey = int | str
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["CounterStream", "stream_seed"]
+
 _MASK64 = (1 << 64) - 1
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
+__all__ = ["check_not_sharded", "is_last_training_batch"]
+
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["PLOT_EXTRA_HINT", "plot_reliability_diagram", "require_matplotlib"]
+
 PLOT_EXTRA_HINT = "pip install lightning-mix[plot]"
 
 
