@@ -52,8 +52,10 @@ def main() -> None:
     targets = [torch.randint(0, args.classes, (args.batch,), generator=g) for _ in range(args.distinct)]
     n_updates = args.samples // args.batch
     print(f"{platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, threads {args.threads}")
-    print(f"{args.samples:,} samples x {args.classes} classes, batches of {args.batch:,} (probabilities), "
-          f"best of {args.repeats} interleaved rounds")
+    print(
+        f"{args.samples:,} samples x {args.classes} classes, batches of {args.batch:,} (probabilities), "
+        f"best of {args.repeats} interleaved rounds"
+    )
 
     ours = CalibrationError(15, "l1", input="probs")
     ours_fast = CalibrationError(15, "l1", input="probs", validate_args=False)
@@ -116,10 +118,14 @@ def main() -> None:
     per_rank_theirs = state_bytes(theirs) // world  # each rank holds half the samples
     per_rank_ours = state_bytes(ours)
     print(f"\nDDP sync, {args.samples:,} samples over {world} ranks (from state sizes):")
-    print(f"  torchmetrics: all_gather of 2 floats per sample: each rank sends {per_rank_theirs:,} bytes "
-          f"and receives {world * per_rank_theirs:,} bytes")
-    print(f"  lightning_mix: all_reduce(sum) of a (3, 15) float64 tensor: {per_rank_ours:,} bytes per rank "
-          "(a ring all-reduce moves about 2x that)")
+    print(
+        f"  torchmetrics: all_gather of 2 floats per sample: each rank sends {per_rank_theirs:,} bytes "
+        f"and receives {world * per_rank_theirs:,} bytes"
+    )
+    print(
+        f"  lightning_mix: all_reduce(sum) of a (3, 15) float64 tensor: {per_rank_ours:,} bytes per rank "
+        "(a ring all-reduce moves about 2x that)"
+    )
 
 
 if __name__ == "__main__":

@@ -132,8 +132,14 @@ def bench_fit(epochs: int, repeats: int) -> dict[str, float]:
         callbacks = []
         if with_ema:
             ema = EMA(decay=0.999)
-            for hook in ("setup", "on_fit_start", "on_train_batch_end", "on_validation_epoch_start",
-                         "on_validation_epoch_end", "on_train_end"):
+            for hook in (
+                "setup",
+                "on_fit_start",
+                "on_train_batch_end",
+                "on_validation_epoch_start",
+                "on_validation_epoch_end",
+                "on_train_end",
+            ):
                 setattr(ema, hook, timed(getattr(ema, hook)))  # Lightning looks hooks up on the instance
             hook_seconds.append(0.0)
             callbacks = [ema]

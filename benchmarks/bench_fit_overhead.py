@@ -81,8 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=["plain", "ema", "soup"],
-                        help="plain, ema, soup, or soup-bnN (ModelSoup with bn_samples=N)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["plain", "ema", "soup"],
+        help="plain, ema, soup, or soup-bnN (ModelSoup with bn_samples=N)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     variants = args.variants
@@ -99,16 +103,21 @@ def main() -> None:
                 cpu[variant].append(cpu_seconds)
                 share[variant].append(hooks / (wall - hooks))
                 cpu_share[variant].append(hooks_cpu / (cpu_seconds - hooks_cpu))
-                print(f"repeat {repeat} {variant:8s} wall {wall:7.2f} s  cpu {cpu_seconds:7.2f} s  "
-                      f"in hooks {hooks:6.2f} s (cpu {hooks_cpu:6.2f} s)", flush=True)
+                print(
+                    f"repeat {repeat} {variant:8s} wall {wall:7.2f} s  cpu {cpu_seconds:7.2f} s  "
+                    f"in hooks {hooks:6.2f} s (cpu {hooks_cpu:6.2f} s)",
+                    flush=True,
+                )
     plain, plain_cpu = statistics.median(times["plain"]), statistics.median(cpu["plain"])
     print(f"\nmain job, {args.epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'variant':10s} {'wall s':>8s} {'ratio':>7s} {'cpu s':>8s} {'ratio':>7s} {'hook share':>11s} {'(cpu)':>7s}")
     for variant in variants:
         wall, cpu_seconds = statistics.median(times[variant]), statistics.median(cpu[variant])
         hook_share, hook_cpu_share = statistics.median(share[variant]), statistics.median(cpu_share[variant])
-        print(f"{variant:10s} {wall:8.2f} {wall / plain:7.3f} {cpu_seconds:8.2f} {cpu_seconds / plain_cpu:7.3f} "
-              f"{1 + hook_share:11.3f} {1 + hook_cpu_share:7.3f}")
+        print(
+            f"{variant:10s} {wall:8.2f} {wall / plain:7.3f} {cpu_seconds:8.2f} {cpu_seconds / plain_cpu:7.3f} "
+            f"{1 + hook_share:11.3f} {1 + hook_cpu_share:7.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -72,14 +72,20 @@ def bench_mixers(batch, size, num_classes, repeats, device):
             ours = Mixup(alpha=1.0, mode=mode) if kind == "mixup" else CutMix(alpha=1.0, mode=mode)
             contenders[f"timm {mode}"] = lambda timm=timm: timm(x, y)
             contenders[f"ours {mode}"] = lambda ours=ours: ours(x, dense_targets(y, num_classes), g)
-        tv = v2.MixUp(alpha=1.0, num_classes=num_classes) if kind == "mixup" else v2.CutMix(alpha=1.0, num_classes=num_classes)
+        tv = (
+            v2.MixUp(alpha=1.0, num_classes=num_classes)
+            if kind == "mixup"
+            else v2.CutMix(alpha=1.0, num_classes=num_classes)
+        )
         contenders["torchvision batch"] = lambda tv=tv: tv(x, y)
         res = measure(contenders, repeats, device)
         for mode in ("batch", "pair", "elem"):
             ours_t, timm_t = res[f"ours {mode}"], res[f"timm {mode}"]
             rows.append((kind, mode, ours_t, timm_t, timm_t[1] / ours_t[1], res["timm elem"][1] / ours_t[1], "timm"))
         tv_t = res["torchvision batch"]
-        rows.append((kind, "batch", res["ours batch"], tv_t, tv_t[1] / res["ours batch"][1], float("nan"), "torchvision v2"))
+        rows.append(
+            (kind, "batch", res["ours batch"], tv_t, tv_t[1] / res["ours batch"][1], float("nan"), "torchvision v2")
+        )
     others = {
         f"{name} {mode}": (lambda m=m: m(x, dense_targets(y, num_classes), g))
         for name, cls in (("FMix", FMix), ("ResizeMix", ResizeMix), ("SaliencyMix", SaliencyMix))
@@ -130,7 +136,9 @@ def bench_loss(batch, classes, repeats, device):
 
         return run
 
-    return measure({"F.cross_entropy": step(F.cross_entropy), "soft_cross_entropy": step(soft_cross_entropy)}, repeats, device)
+    return measure(
+        {"F.cross_entropy": step(F.cross_entropy), "soft_cross_entropy": step(soft_cross_entropy)}, repeats, device
+    )
 
 
 def main():
@@ -142,7 +150,11 @@ def main():
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     import os
 
     allocator = {k: os.environ[k] for k in ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_") if k in os.environ}
@@ -154,14 +166,16 @@ def main():
     for batch, size in ((256, 32), (128, 224)):
         rows, others = bench_mixers(batch, size, 1000, args.repeats, device)
         print(f"\n## B={batch} x 3x{size}x{size} float32, 1000 classes (ms per batch: median / best; ratios of best)")
-        print(f"{'method':8s} {'mode':6s} {'ours':>17s} {'anchor':>17s} {'anchor/ours':>11s} {'timm elem/ours':>14s}  anchor")
+        print(
+            f"{'method':8s} {'mode':6s} {'ours':>17s} {'anchor':>17s} {'anchor/ours':>11s} {'timm elem/ours':>14s}  anchor"
+        )
         for kind, mode, ours_t, anchor_t, ratio, vs_elem, anchor in rows:
             print(
-                f"{kind:8s} {mode:6s} {ours_t[0]*1e3:8.2f} /{ours_t[1]*1e3:7.2f} {anchor_t[0]*1e3:8.2f} /{anchor_t[1]*1e3:7.2f}"
+                f"{kind:8s} {mode:6s} {ours_t[0] * 1e3:8.2f} /{ours_t[1] * 1e3:7.2f} {anchor_t[0] * 1e3:8.2f} /{anchor_t[1] * 1e3:7.2f}"
                 f" {ratio:11.2f} {vs_elem:14.2f}  {anchor} {mode if anchor == 'timm' else 'batch (roll)'}"
             )
         for key, (med, best) in others.items():
-            print(f"{key:18s} {med*1e3:8.2f} / {best*1e3:7.2f} ms (no anchor)")
+            print(f"{key:18s} {med * 1e3:8.2f} / {best * 1e3:7.2f} ms (no anchor)")
     if device.type == "cpu":
         print("\n## CPU batch-mode fast paths against the general path on the same tensors (ms: median / best)")
         for batch, size in ((256, 32), (128, 224)):
@@ -178,8 +192,8 @@ def main():
         res = bench_loss(batch, classes, max(args.repeats * 4, 20), device)
         ce, ours = res["F.cross_entropy"], res["soft_cross_entropy"]
         print(
-            f"B={batch:5d} C={classes:5d}: F.ce {ce[0]*1e6:8.1f} / {ce[1]*1e6:8.1f}  ours {ours[0]*1e6:8.1f} / {ours[1]*1e6:8.1f}"
-            f"  F.ce/ours (best) {ce[1]/ours[1]:5.2f}"
+            f"B={batch:5d} C={classes:5d}: F.ce {ce[0] * 1e6:8.1f} / {ce[1] * 1e6:8.1f}  ours {ours[0] * 1e6:8.1f} / {ours[1] * 1e6:8.1f}"
+            f"  F.ce/ours (best) {ce[1] / ours[1]:5.2f}"
         )
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 

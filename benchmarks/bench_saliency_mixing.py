@@ -21,6 +21,7 @@ one epoch), and against brute force on random 3x3 instances with 3 labels.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import platform
 import statistics
@@ -92,25 +93,32 @@ def part_steps(repeats: int) -> None:
     contenders = {"ERM": lambda: step(x, t), "CutMix": lambda: step(*cutmix(x, t, generator=g)[:2])}
     for s in solvers:
         for n in BLOCK_NUMS:
+
             def puzzle(n=n, s=s):
                 mixed = mixers[s](x, t, _saliency(model, x, t), n, g)
                 step(mixed.inputs, mixed.targets)
+
             contenders[f"PuzzleMix {s} n={n}"] = puzzle
     index_a = torch.randperm(128, generator=g)
     lam_a = torch.full((128,), 0.6)
     for threshold in (0.1, None):
+
         def aligned(threshold=threshold):
             hook = model.block3.register_forward_hook(
-                lambda m, a, out: align_and_mix(out, index_a, lam_a, 0, threshold=threshold))
+                lambda m, a, out: align_and_mix(out, index_a, lam_a, 0, threshold=threshold)
+            )
             try:
                 step(x, mix_targets(t, index_a, lam_a))
             finally:
                 hook.remove()
+
         contenders[f"AlignMixup features, threshold={threshold}"] = aligned
     results = measure(contenders, repeats)
     erm, cut = results["ERM"][0], results["CutMix"][0]
-    print(f"\nStep times, SmallCNN(width=32), batch 128x1x28x28, {torch.get_num_threads()} thread(s), "
-          f"{platform.processor() or platform.machine()}; best of {repeats} (median)")
+    print(
+        f"\nStep times, SmallCNN(width=32), batch 128x1x28x28, {torch.get_num_threads()} thread(s), "
+        f"{platform.processor() or platform.machine()}; best of {repeats} (median)"
+    )
     print("| step | best ms | median ms | / ERM | / CutMix |\n|---|---|---|---|---|")
     for name, (best, med) in results.items():
         print(f"| {name} | {best * 1e3:.1f} | {med * 1e3:.1f} | {best / erm:.2f} | {best / cut:.2f} |")
@@ -125,7 +133,7 @@ def part_steps(repeats: int) -> None:
     parts = {"saliency pass": lambda: _saliency(model, x, t)}
     for n in BLOCK_NUMS:
         sal_own = pool_saliency(sal, (n, n))
-        energy = lambda n=n, so=sal_own: puzzle_energy(so, so[index], x, x[index], lam)
+        energy = functools.partial(puzzle_energy, sal_own, sal_own[index], x, x[index], lam)
         parts[f"energy n={n}"] = energy
         u, wv, wh = energy()
         for s in solvers:
@@ -138,6 +146,7 @@ def part_steps(repeats: int) -> None:
             partner = permute_blocks(x[index], transport_sources(mask < 1, so[index], 0.8), n)
             full = mask.repeat_interleave(28 // n, 1).repeat_interleave(28 // n, 2).unsqueeze(1)
             return torch.lerp(partner, own, full)
+
         parts[f"transport+compose n={n}"] = transport
     split = measure(parts, repeats)
     print("\n| PuzzleMix part | best ms | median ms |\n|---|---|---|")
@@ -165,8 +174,10 @@ def part_gap() -> None:
         soft_cross_entropy(model(x), y).backward()
         opt.step()
     batches = [next(iter(loader)) for _ in range(2)]
-    print("\nTorch solver vs gco (alpha-beta swap), PuzzleMix energies of MNIST5k batches, authors' defaults, "
-          "lam ~ U(0, 1); relative gap = (E_torch - E_gco) / |E_gco|")
+    print(
+        "\nTorch solver vs gco (alpha-beta swap), PuzzleMix energies of MNIST5k batches, authors' defaults, "
+        "lam ~ U(0, 1); relative gap = (E_torch - E_gco) / |E_gco|"
+    )
     print("| grid | sweeps | instances | mean gap % | max gap % | torch better | equal | gco better |")
     print("|---|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(1)
@@ -185,8 +196,10 @@ def part_gap() -> None:
             e_torch = grid_energy(solve_grid_torch(u, wv, wh, sweeps=sweeps), u, wv, wh)
             gap = (e_torch - e_gco) / e_gco.abs()
             tol = 1e-6
-            print(f"| {n}x{n} | {sweeps} | {u.shape[0]} | {100 * float(gap.mean()):.3f} | {100 * float(gap.max()):.3f} | "
-                  f"{int((gap < -tol).sum())} | {int((gap.abs() <= tol).sum())} | {int((gap > tol).sum())} |")
+            print(
+                f"| {n}x{n} | {sweeps} | {u.shape[0]} | {100 * float(gap.mean()):.3f} | {100 * float(gap.max()):.3f} | "
+                f"{int((gap < -tol).sum())} | {int((gap.abs() <= tol).sum())} | {int((gap > tol).sum())} |"
+            )
     print("\nAgainst brute force, random 3x3 grids, 3 labels, unary ~ U(0,1), weights ~ U(0, 0.6)")
     print("| solver | instances | mean gap % | max gap % | optimal |\n|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(2)
@@ -200,8 +213,10 @@ def part_gap() -> None:
         solvers["gco swap"] = lambda: solve_grid_gco(u, wv, wh)
     for name, fn in solvers.items():
         gap = (grid_energy(fn(), u, wv, wh) - best) / best.abs()
-        print(f"| {name} | {b} | {100 * float(gap.mean()):.3f} | {100 * float(gap.max()):.3f} | "
-              f"{int((gap <= 1e-6).sum())} |")
+        print(
+            f"| {name} | {b} | {100 * float(gap.mean()):.3f} | {100 * float(gap.max()):.3f} | "
+            f"{int((gap <= 1e-6).sum())} |"
+        )
 
 
 def main() -> None:

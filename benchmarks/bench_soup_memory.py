@@ -125,13 +125,20 @@ def main() -> None:
             env = dict(os.environ, OMP_NUM_THREADS="2")
             out = subprocess.run(
                 [sys.executable, __file__, "--child", mode, "--data", str(directory), "--k", str(args.k)],
-                capture_output=True, text=True, env=env, check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             ratio = (result["peak"] - result["baseline"]) / model_bytes
             rows.append((mode, ratio, result))
-        names = {"greedy": "greedy (files)", "uniform": "uniform (files)", "naive": f"naive greedy (all {args.k} loaded)"}
-        print(f"\n| soup | peak memory above baseline | in model sizes | time | kept |")
+        names = {
+            "greedy": "greedy (files)",
+            "uniform": "uniform (files)",
+            "naive": f"naive greedy (all {args.k} loaded)",
+        }
+        print("\n| soup | peak memory above baseline | in model sizes | time | kept |")
         print("|---|---|---|---|---|")
         for mode, ratio, result in rows:
             extra = result.get("kept", "")
@@ -141,7 +148,9 @@ def main() -> None:
             )
         greedy = rows[0][1]
         naive = rows[2][1]
-        print(f"\ngreedy soup from files: {greedy:.2f} model sizes (target <= 3); {naive / greedy:.1f}x less than holding all {args.k}")
+        print(
+            f"\ngreedy soup from files: {greedy:.2f} model sizes (target <= 3); {naive / greedy:.1f}x less than holding all {args.k}"
+        )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -63,7 +63,9 @@ def write_models(folder: str, params: int, width: int, models: int) -> list[str]
     paths = [os.path.join(folder, "base.ckpt")]
     torch.save({"state_dict": base, "hyper_parameters": {"width": width}}, paths[0])
     for i in range(models):
-        sd = {n: (t + torch.randn(t.shape, generator=gen) * 1e-3 if t.is_floating_point() else t) for n, t in base.items()}
+        sd = {
+            n: (t + torch.randn(t.shape, generator=gen) * 1e-3 if t.is_floating_point() else t) for n, t in base.items()
+        }
         paths.append(os.path.join(folder, f"ft{i}.ckpt"))
         torch.save({"state_dict": sd, "hyper_parameters": {"width": width}}, paths[-1])
         del sd
@@ -72,6 +74,7 @@ def write_models(folder: str, params: int, width: int, models: int) -> list[str]
 
 def run_streaming(paths: list[str], density: float, out: str) -> None:
     import torch
+
     from lightning_mix.merging import ties
 
     merged = ties(paths[0], paths[1:], density=density, lam=1.0)
@@ -177,7 +180,9 @@ THREADS = 1
 
 def measure(mode: str, paths: list[str], density: float, out: str) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--density", str(density), "--out", out, "--paths", *paths]
-    result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, BENCH_THREADS=str(THREADS)))
+    result = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, env=dict(os.environ, BENCH_THREADS=str(THREADS))
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -187,10 +192,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024, help="hidden size of the synthetic transformer")
     parser.add_argument("--models", type=int, default=3, help="fine-tuned models merged into the base")
     parser.add_argument("--density", type=float, default=0.2)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads in each run (1: on a shared machine, waiting for descheduled "
-                        "worker threads dominates the many small per-tensor operations)")
-    parser.add_argument("--skip-baseline", action="store_true", help="only the streaming merge (for sizes the baseline cannot hold)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads in each run (1: on a shared machine, waiting for descheduled "
+        "worker threads dominates the many small per-tensor operations)",
+    )
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="only the streaming merge (for sizes the baseline cannot hold)"
+    )
     parser.add_argument("--dir", default=None, help="where to write the temporary checkpoints (default: system temp)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paths", nargs="*", help=argparse.SUPPRESS)
@@ -206,36 +217,57 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         # the files are written by a child so that this process stays small (children inherit nothing)
-        subprocess.run([sys.executable, __file__, "--child", "write", "--out", f"{args.params},{args.width},{args.models}",
-                        "--paths", folder], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "write",
+                "--out",
+                f"{args.params},{args.width},{args.models}",
+                "--paths",
+                folder,
+            ],
+            check=True,
+        )
         paths = [os.path.join(folder, "base.ckpt")] + [os.path.join(folder, f"ft{i}.ckpt") for i in range(args.models)]
         shapes = model_shapes(args.params, args.width)
         params = sum(math.prod(s) for s in shapes.values())
         largest = max(math.prod(s) for s in shapes.values())
         size = params * 4
-        print(f"{args.models} fine-tuned models + base, {params / 1e6:.1f}M float32 parameters each "
-              f"({size / 2**30:.2f} GiB; largest tensor {largest / 1e6:.1f}M), density {args.density}, "
-              f"{args.threads} thread(s); "
-              f"files written in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"{args.models} fine-tuned models + base, {params / 1e6:.1f}M float32 parameters each "
+            f"({size / 2**30:.2f} GiB; largest tensor {largest / 1e6:.1f}M), density {args.density}, "
+            f"{args.threads} thread(s); "
+            f"files written in {time.perf_counter() - t0:.0f} s"
+        )
         out = os.path.join(folder, "merged.ckpt")
         floor = measure("import", paths, args.density, out)
         rows = [floor, measure("streaming", paths, args.density, out)]
         if not args.skip_baseline:
             rows.append(measure("flattening", paths, args.density, out))
-        print(f"{'run':<12} {'peak RSS GiB':>12} {'model sizes':>12} {'net of import':>14} "
-              f"{'anon GiB':>9} {'anon net':>9} {'seconds':>8}")
+        print(
+            f"{'run':<12} {'peak RSS GiB':>12} {'model sizes':>12} {'net of import':>14} "
+            f"{'anon GiB':>9} {'anon net':>9} {'seconds':>8}"
+        )
         for r in rows:
             net = (r["peak_bytes"] - floor["peak_bytes"]) / size
             anon_net = (r["anon_bytes"] - floor["anon_bytes"]) / size
-            print(f"{r['mode']:<12} {r['peak_bytes'] / 2**30:>12.2f} {r['peak_bytes'] / size:>12.2f} {net:>14.2f} "
-                  f"{r['anon_bytes'] / 2**30:>9.2f} {anon_net:>9.2f} {r['seconds']:>8.1f}")
+            print(
+                f"{r['mode']:<12} {r['peak_bytes'] / 2**30:>12.2f} {r['peak_bytes'] / size:>12.2f} {net:>14.2f} "
+                f"{r['anon_bytes'] / 2**30:>9.2f} {anon_net:>9.2f} {r['seconds']:>8.1f}"
+            )
         if not args.skip_baseline:
             s, f = rows[1], rows[2]
-            print(f"streaming / flattening: peak memory {s['peak_bytes'] / f['peak_bytes']:.2f}x, time {s['seconds'] / f['seconds']:.2f}x")
+            print(
+                f"streaming / flattening: peak memory {s['peak_bytes'] / f['peak_bytes']:.2f}x, time {s['seconds'] / f['seconds']:.2f}x"
+            )
         net = (rows[1]["anon_bytes"] - floor["anon_bytes"]) / size
-        print(f"target peak <= 2.5 model sizes: streaming allocates {net:.2f} model sizes above the import floor "
-              "(anonymous memory; mapped input pages are reclaimable page cache) -> "
-              f"{'met' if net <= 2.5 else 'NOT met'}")
+        print(
+            f"target peak <= 2.5 model sizes: streaming allocates {net:.2f} model sizes above the import floor "
+            "(anonymous memory; mapped input pages are reclaimable page cache) -> "
+            f"{'met' if net <= 2.5 else 'NOT met'}"
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_mix.averaging import recalibrate_batchnorm, weight_matching
+from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.merging import (
     adamerging,
     consensus,
@@ -43,7 +44,6 @@ from lightning_mix.merging import (
     ties,
     weighted_average,
 )
-from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
 MEAN, STD = 0.1307, 0.3081
 TASKS = {
@@ -58,7 +58,10 @@ LAMS = (0.3, 0.5, 0.7, 1.0)
 def data(scenario: str):
     dm = MNIST5kDataModule(normalize=False)
     dm.setup("fit")
-    split = {name: (ds.tensors[0], ds.tensors[1]) for name, ds in (("train", dm.train_set), ("val", dm.val_set), ("test", dm.test_set))}
+    split = {
+        name: (ds.tensors[0], ds.tensors[1])
+        for name, ds in (("train", dm.train_set), ("val", dm.val_set), ("test", dm.test_set))
+    }
     out = {"upright": {k: ((x - MEAN) / STD, y) for k, (x, y) in split.items()}}
     if scenario == "subsets":
         for task, labels in SUBSETS.items():
@@ -107,11 +110,17 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=300)
     parser.add_argument("--ft-steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--bn-images", type=int, default=2048, help="training images used to recompute BatchNorm statistics")
+    parser.add_argument(
+        "--bn-images", type=int, default=2048, help="training images used to recompute BatchNorm statistics"
+    )
     parser.add_argument("--ada-steps", type=int, default=200, help="AdaMerging steps")
     parser.add_argument("--ada-lr", type=float, default=1e-3, help="AdaMerging Adam learning rate (authors: 1e-3)")
-    parser.add_argument("--scenario", choices=["transforms", "subsets"], default="transforms",
-                        help="tasks: rotated / inverted / upside-down images, or digit subsets (0-3, 4-6, 7-9)")
+    parser.add_argument(
+        "--scenario",
+        choices=["transforms", "subsets"],
+        default="transforms",
+        help="tasks: rotated / inverted / upside-down images, or digit subsets (0-3, 4-6, 7-9)",
+    )
     parser.add_argument("--skip-merging", action="store_true")
     parser.add_argument("--skip-barrier", action="store_true")
     args = parser.parse_args()
@@ -126,7 +135,10 @@ def main() -> None:
         torch.manual_seed(0)
         base = train(SmallCNN(width=args.width), *d["upright"]["train"], steps=args.base_steps, lr=2e-3, seed=0)
         base_sd = copy.deepcopy(base.state_dict())
-        finetuned = {t: train(copy.deepcopy(base), *d[t]["train"], steps=args.ft_steps, lr=1e-3, seed=i + 1) for i, t in enumerate(TASKS)}
+        finetuned = {
+            t: train(copy.deepcopy(base), *d[t]["train"], steps=args.ft_steps, lr=1e-3, seed=i + 1)
+            for i, t in enumerate(TASKS)
+        }
         ft_sds = [copy.deepcopy(m.state_dict()) for m in finetuned.values()]
         joint_x = torch.cat([d[t]["train"][0] for t in TASKS])
         joint_y = torch.cat([d[t]["train"][1] for t in TASKS])
@@ -136,8 +148,20 @@ def main() -> None:
 
         rows: list[tuple[str, dict[str, float], str]] = []
         rows.append(("base (upright only)", task_accuracies(base, d, "test"), ""))
-        rows.append(("fine-tuned, own task", {t: evaluate(m, *d[t]["test"])[0] for t, m in finetuned.items()}, "one model per column"))
-        rows.append(("jointly fine-tuned", task_accuracies(joint, d, "test"), f"{args.ft_steps * len(TASKS)} steps on all tasks"))
+        rows.append(
+            (
+                "fine-tuned, own task",
+                {t: evaluate(m, *d[t]["test"])[0] for t, m in finetuned.items()},
+                "one model per column",
+            )
+        )
+        rows.append(
+            (
+                "jointly fine-tuned",
+                task_accuracies(joint, d, "test"),
+                f"{args.ft_steps * len(TASKS)} steps on all tasks",
+            )
+        )
 
         def add(name, make, note="", sweep=True):
             if sweep:
@@ -169,22 +193,43 @@ def main() -> None:
         fishers = []
         for t, m in finetuned.items():
             x = d[t]["train"][0][:256]
-            fishers.append(fisher_information(m, [(x[i : i + 64],) for i in range(0, 256, 64)], num_examples=256, generator=gen))
+            fishers.append(
+                fisher_information(m, [(x[i : i + 64],) for i in range(0, 256, 64)], num_examples=256, generator=gen)
+            )
         add("Fisher", lambda _: fisher(ft_sds, fishers), "256 examples per task, labels sampled", sweep=False)
         grams = [regmean_grams(m, [d[t]["train"][0][:512]]) for t, m in finetuned.items()]
         add("RegMean", lambda _: regmean(ft_sds, grams, alpha=0.95), "alpha=0.95; only the head is linear", sweep=False)
         test_inputs = torch.cat([d[t]["test"][0] for t in TASKS])
-        stream = [test_inputs[torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(s))[:64]] for s in range(50)]
-        ada_sd, coef = adamerging(copy.deepcopy(base), base_sd, ft_sds, stream, granularity="layer", steps=args.ada_steps, lr=args.ada_lr,
-                                  get_inputs=lambda b: b, batch_statistics=True)
-        add("AdaMerging (layer-wise)", lambda _: ada_sd, f"{args.ada_steps} steps, lr {args.ada_lr:g}, batch statistics, entropy on unlabeled test images; "
-            f"mean coefficient {float(coef.mean()):.2f}", sweep=False)
+        stream = [
+            test_inputs[torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(s))[:64]]
+            for s in range(50)
+        ]
+        ada_sd, coef = adamerging(
+            copy.deepcopy(base),
+            base_sd,
+            ft_sds,
+            stream,
+            granularity="layer",
+            steps=args.ada_steps,
+            lr=args.ada_lr,
+            get_inputs=lambda b: b,
+            batch_statistics=True,
+        )
+        add(
+            "AdaMerging (layer-wise)",
+            lambda _: ada_sd,
+            f"{args.ada_steps} steps, lr {args.ada_lr:g}, batch statistics, entropy on unlabeled test images; "
+            f"mean coefficient {float(coef.mean()):.2f}",
+            sweep=False,
+        )
 
         print(f"\n| model | {' | '.join(TASKS)} | mean | notes |")
         print("|---|" + "---|" * (len(TASKS) + 2))
         for name, acc, note in rows:
             vals = [acc[t] for t in TASKS]
-            print(f"| {name} | {' | '.join(f'{100 * v:.1f}' for v in vals)} | {100 * sum(vals) / len(vals):.1f} | {note} |")
+            print(
+                f"| {name} | {' | '.join(f'{100 * v:.1f}' for v in vals)} | {100 * sum(vals) / len(vals):.1f} | {note} |"
+            )
         print(f"\nmerging part: {time.perf_counter() - start:.0f} s\n")
 
     if not args.skip_barrier:
@@ -210,10 +255,12 @@ def main() -> None:
 
         for name, other in (("naive", b), ("aligned", aligned)):
             c = curve(other)
-            losses = [l for _, l in c]
-            barrier = max(l - ((1 - t) * losses[0] + t * losses[-1]) for t, l in zip(ts, losses))
-            print(f"{name:8s} barrier {barrier:.3f} nats; endpoints loss {losses[0]:.3f} / {losses[-1]:.3f}; "
-                  f"midpoint loss {losses[5]:.3f}, acc {100 * c[5][0]:.1f}% (endpoints {100 * c[0][0]:.1f}% / {100 * c[-1][0]:.1f}%)")
+            losses = [loss for _, loss in c]
+            barrier = max(loss - ((1 - t) * losses[0] + t * losses[-1]) for t, loss in zip(ts, losses))
+            print(
+                f"{name:8s} barrier {barrier:.3f} nats; endpoints loss {losses[0]:.3f} / {losses[-1]:.3f}; "
+                f"midpoint loss {losses[5]:.3f}, acc {100 * c[5][0]:.1f}% (endpoints {100 * c[0][0]:.1f}% / {100 * c[-1][0]:.1f}%)"
+            )
         print(f"aligned B computes the same function as B: {same}")
         print(f"total: {time.perf_counter() - start:.0f} s")
 

@@ -64,12 +64,22 @@ def run(noise: float, seed: int, epochs: int, width: int, workdir: str) -> dict[
     ema = EMA(decay=0.999, warmup=True, evaluate="raw", owns_final_weights=False)
     swa = SWA(start_epoch=0.5, recalibrate_bn=False, owns_final_weights=False)  # recalibrated below, once
     soup = ModelSoup(
-        start_epoch=2, storage="memory", dirpath=f"{workdir}/soups-{noise}-{seed}", keep="last", bn_samples=1280,
+        start_epoch=2,
+        storage="memory",
+        dirpath=f"{workdir}/soups-{noise}-{seed}",
+        keep="last",
+        bn_samples=1280,
         owns_final_weights=False,  # the soups are read from their files; the module keeps the trained weights
     )
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[ema, swa, soup],
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ema, swa, soup],
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

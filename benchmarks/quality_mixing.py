@@ -93,9 +93,16 @@ class StepTimer(pl.Callback):
 
 def _trainer(epochs: int, callbacks: list) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
     )
 
 
@@ -103,7 +110,8 @@ CLASSIFICATION = {
     "ERM": lambda: (MLPClassifier(), []),
     "Mixup (a=1)": lambda: (MLPClassifier(), [MixingCallback(Mixup(alpha=1.0), num_classes=10, seed=0)]),
     "Manifold Mixup (a=2)": lambda: (
-        MLPClassifier(), [ManifoldMixup(layers=["input", "fc1", "fc2"], alpha=2.0, num_classes=10, seed=0)]
+        MLPClassifier(),
+        [ManifoldMixup(layers=["input", "fc1", "fc2"], alpha=2.0, num_classes=10, seed=0)],
     ),
     "RegMixup (a=10)": lambda: (MLPClassifier(), [RegMixup(alpha=10.0, num_classes=10, seed=0)]),
     "RankMixup MRL": lambda: (RankMixupMLP("mrl"), []),

@@ -26,6 +26,10 @@ from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.mixing import CutMix, Mixup, RandomChoice
 
 
+def _call(module, inputs):
+    return module(inputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label-noise", type=float, default=0.0)
@@ -37,9 +41,15 @@ def main() -> None:
     pl.seed_everything(args.seed, verbose=False)
     data = MNIST5kDataModule(batch_size=128, label_noise=args.label_noise)
     keep = ModelSoup(storage=storage, recipes=("uniform",), save_soups=False, recalibrate_bn=False)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=8, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[MixingCallback(RandomChoice([Mixup(0.8), CutMix(1.0)]), seed=args.seed), keep])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[MixingCallback(RandomChoice([Mixup(0.8), CutMix(1.0)]), seed=args.seed), keep],
+    )
     model = SmallCNN(width=32, lr=0.003)
     trainer.fit(model, datamodule=data)
     paths = sorted(glob.glob(f"{storage}/ingredient-*.pt"))
@@ -55,22 +65,29 @@ def main() -> None:
         return right / sum(len(y) for _, y in batches)
 
     ingredient_metrics = [accuracy(load_ingredient(p), val) for p in paths]
-    print(f"label noise {args.label_noise}, seed {args.seed}; last weights: val {ingredient_metrics[-1]:.4f} "
-          f"test {accuracy(load_ingredient(paths[-1]), test):.4f}")
-    print(f"{'samples':>8s} {'uniform val':>12s} {'uniform test':>13s} {'greedy kept':>12s} {'greedy val':>11s} {'greedy test':>12s}")
+    print(
+        f"label noise {args.label_noise}, seed {args.seed}; last weights: val {ingredient_metrics[-1]:.4f} "
+        f"test {accuracy(load_ingredient(paths[-1]), test):.4f}"
+    )
+    print(
+        f"{'samples':>8s} {'uniform val':>12s} {'uniform test':>13s} {'greedy kept':>12s} {'greedy val':>11s} {'greedy test':>12s}"
+    )
     for count in args.batches:
-        batches = [train_inputs[order[i * 128:(i + 1) * 128]] for i in range(count)]
+        batches = [train_inputs[order[i * 128 : (i + 1) * 128]] for i in range(count)]
 
-        def recalibrate(state_dict):
+        def recalibrate(state_dict, batches=batches):
             model.load_state_dict(state_dict)
-            recalibrate_batchnorm(model, batches, forward=lambda m, x: m(x))
+            recalibrate_batchnorm(model, batches, forward=_call)
             return {k: v.clone() for k, v in model.state_dict().items()}
 
         uniform = recalibrate(uniform_soup(paths))
         greedy = greedy_soup(paths, lambda sd: accuracy(sd, val), metrics=ingredient_metrics, recalibrate=recalibrate)
         samples = sum(len(b) for b in batches)
-        print(f"{samples:8d} {accuracy(uniform, val):12.4f} {accuracy(uniform, test):13.4f} {len(greedy.kept):12d} "
-              f"{greedy.metric:11.4f} {accuracy(dict(greedy), test):12.4f}", flush=True)
+        print(
+            f"{samples:8d} {accuracy(uniform, val):12.4f} {accuracy(uniform, test):13.4f} {len(greedy.kept):12d} "
+            f"{greedy.metric:11.4f} {accuracy(dict(greedy), test):12.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,14 @@ from lightning_mix.mixins import RankMixupMixin
 class RankMixupNet(RankMixupMixin, pl.LightningModule):
     """A small MLP trained with RankMixup: the mixin goes first so its ``training_step`` is used."""
 
-    def __init__(self, loss: str = "mrl", weight: float = 0.1, margin: float = 2.0, alpha: float = 2.0, lr: float = 1e-3) -> None:
+    def __init__(
+        self, loss: str = "mrl", weight: float = 0.1, margin: float = 2.0, alpha: float = 2.0, lr: float = 1e-3
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
         self.ece = nn.ModuleDict({stage: CalibrationError(n_bins=15) for stage in ("val", "test")})
         # The authors' defaults: w = 0.1, margin 2, alpha 2, K = 1 (MRL) or 3 (M-NDCG).
         self.configure_rank_mixup(loss=loss, weight=weight, margin=margin, alpha=alpha, seed=0)
@@ -67,8 +71,13 @@ def main() -> None:
     model = RankMixupNet(loss=args.loss, weight=args.weight)
     data = MNIST5kDataModule(batch_size=128, label_noise=args.label_noise)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, data)
     trainer.test(model, data)

@@ -112,7 +112,8 @@ class _Moments:
     def read_batch_statistics(self, layer: nn.Module, args: tuple, output: Any) -> None:
         """Forward hook for a layer run with ``momentum=1``: its running statistics now hold exactly
         this batch's mean and unbiased variance, which BatchNorm computed anyway, so nothing is
-        recomputed from the input."""
+        recomputed from the input.
+        """
         x = args[0]
         channels = layer.num_features
         n = x.numel() // channels if x.dim() >= 2 else 0

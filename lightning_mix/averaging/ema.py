@@ -18,7 +18,6 @@ order), a mapping of name to tensor (a state dict; the keys must match), or a se
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +31,7 @@ __all__ = [
     "copy_tensors_",
 ]
 
-TensorCollection = Union[nn.Module, Mapping[str, Tensor], Sequence[Tensor]]
+TensorCollection = nn.Module | Mapping[str, Tensor] | Sequence[Tensor]
 
 
 def _module_named_tensors(module: nn.Module) -> list[tuple[list[str], Tensor]]:
@@ -169,7 +168,8 @@ def averaging_copy(
     obj: TensorCollection, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> list[Tensor]:
     """A detached copy of ``obj``'s tensors to average into: floating tensors as ``dtype`` (float32),
-    integer and bool tensors as they are, on ``device`` (default: where each tensor lives)."""
+    integer and bool tensors as they are, on ``device`` (default: where each tensor lives).
+    """
     out = []
     for tensor in averaging_tensors(obj):
         target = tensor.device if device is None else torch.device(device)

@@ -98,12 +98,33 @@ def _leaf_order(module: nn.Module, example_input: Any) -> list[tuple[str, nn.Mod
     return order
 
 
-
 _PASSTHROUGH_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Mish,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Identity,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
 )
 _FIXED = "__fixed__"
 
@@ -183,8 +204,21 @@ def _infer_with_fx(module: nn.Module, example_input: Any) -> PermutationSpec:
         state[node] = (g, axis, block)
 
     elementwise_fns = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
-    passthrough_fns = {F.relu, torch.relu, F.gelu, F.silu, torch.tanh, torch.sigmoid, F.dropout, F.leaky_relu,
-                       F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.max_pool1d, F.avg_pool1d}
+    passthrough_fns = {
+        F.relu,
+        torch.relu,
+        F.gelu,
+        F.silu,
+        torch.tanh,
+        torch.sigmoid,
+        F.dropout,
+        F.leaky_relu,
+        F.max_pool2d,
+        F.avg_pool2d,
+        F.adaptive_avg_pool2d,
+        F.max_pool1d,
+        F.avg_pool1d,
+    }
     passthrough_methods = {"relu", "tanh", "sigmoid", "contiguous", "clone", "float", "to"}
     for node in graph_module.graph.nodes:
         if node.op == "placeholder":
@@ -219,7 +253,9 @@ def _infer_with_fx(module: nn.Module, example_input: Any) -> PermutationSpec:
             elif isinstance(layer, _NORMS):
                 if src is None or src[2] != 1:
                     raise ValueError(f"cannot place norm layer {node.target!r}")
-                if isinstance(layer, nn.LayerNorm) and (len(layer.normalized_shape) != 1 or src[1] != len(shape(node)) - 1):
+                if isinstance(layer, nn.LayerNorm) and (
+                    len(layer.normalized_shape) != 1 or src[1] != len(shape(node)) - 1
+                ):
                     raise ValueError(f"LayerNorm {node.target!r} does not normalise the unit axis alone")
                 for tensor in ("weight", "bias", "running_mean", "running_var"):
                     if getattr(layer, tensor, None) is not None:
@@ -318,7 +354,9 @@ def infer_permutation_spec(module: nn.Module, example_input: Any = None) -> Perm
             if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) != 1:
                 raise ValueError(f"{name!r} normalises over several axes; pass an explicit PermutationSpec")
             if current is None or size != current_size:
-                raise ValueError(f"cannot place norm layer {name!r} in a sequential chain; pass an explicit PermutationSpec")
+                raise ValueError(
+                    f"cannot place norm layer {name!r} in a sequential chain; pass an explicit PermutationSpec"
+                )
             for tensor in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(layer, tensor, None) is not None:
                     groups[current].append((f"{prefix}{tensor}", 0))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -55,17 +56,17 @@ class AttentionLabelCallback(MixingCallback):
     def __init__(
         self,
         mixer: Callable[..., MixedBatch],
-        attention_modules: Optional[list[str]],
-        attention_fn: Optional[AttentionFn],
-        patch_size: Optional[int],
+        attention_modules: list[str] | None,
+        attention_fn: AttentionFn | None,
+        patch_size: int | None,
         num_prefix_tokens: int,
-        num_classes: Optional[int],
+        num_classes: int | None,
         label_smoothing: float,
         p: float,
-        stop_epoch: Optional[int],
+        stop_epoch: int | None,
         input_key: BatchKey,
         target_key: BatchKey,
-        seed: Optional[int],
+        seed: int | None,
     ) -> None:
         super().__init__(mixer, num_classes, label_smoothing, p, stop_epoch, input_key, target_key, seed)
         name = type(self).__name__
@@ -84,8 +85,8 @@ class AttentionLabelCallback(MixingCallback):
         self.attention_fn = attention_fn
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
-        self._capture: Optional[AttentionCapture] = None
-        self._pending: Optional[PendingBatch] = None
+        self._capture: AttentionCapture | None = None
+        self._pending: PendingBatch | None = None
 
     # -- hooks on the model -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -146,7 +147,7 @@ class AttentionLabelCallback(MixingCallback):
     def start(self, pending: PendingBatch) -> None:
         """Called once a batch is mixed, before its forward (subclasses reset their state here)."""
 
-    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> Optional[torch.Tensor]:
+    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> torch.Tensor | None:
         """Called with each captured map; returns the new lam (B,) when the labels are settled, else None."""
         raise NotImplementedError
 

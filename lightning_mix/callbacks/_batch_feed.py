@@ -181,7 +181,9 @@ def batch_entry(batch: Any, key: BatchKey, who: str, option: str) -> Any:
             valid = list(range(len(batch)))
         else:
             valid = f"none (the batch is a {type(batch).__name__})"
-        raise KeyError(f"{who}: the batch has no entry {key!r}; valid keys: {valid}. Set {option} to one of them.") from None
+        raise KeyError(
+            f"{who}: the batch has no entry {key!r}; valid keys: {valid}. Set {option} to one of them."
+        ) from None
 
 
 def model_input(batch: Any, key: BatchKey | None, who: str, option: str = "input_key") -> Any:

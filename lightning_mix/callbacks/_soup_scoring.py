@@ -122,7 +122,9 @@ def mean_score(
                 with forward_context():
                     values = scorer(module, batch)
                 if not isinstance(values, torch.Tensor):
-                    raise TypeError(f"ModelSoup: score(module, batch) must return a tensor, got {type(values).__name__}.")
+                    raise TypeError(
+                        f"ModelSoup: score(module, batch) must return a tensor, got {type(values).__name__}."
+                    )
                 values = values.detach().to(device=device, dtype=dtype).reshape(-1)
                 totals[0] += values.sum()
                 totals[1] += values.numel()

@@ -62,7 +62,9 @@ class ValidationCapture:
         except (KeyError, TypeError, ValueError, RuntimeError):  # logits of another shape than the scorer reads
             self.valid = False
             return
-        pair = torch.stack([values.sum(), torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)])
+        pair = torch.stack(
+            [values.sum(), torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)]
+        )
         self.totals = pair if self.totals is None else self.totals + pair
         self.batches += 1
 

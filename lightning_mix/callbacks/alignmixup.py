@@ -98,7 +98,9 @@ class AlignMixup(MixingCallbackBase):
         self._module = named[self.layer]
         super().on_fit_start(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._remove_hook()
         inputs, targets = self.read_batch(batch)
         b, device = inputs.shape[0], inputs.device
@@ -117,7 +119,9 @@ class AlignMixup(MixingCallbackBase):
             self.last_choice = direction
             self._handle = self._module.register_forward_hook(self._make_hook(index, lam, direction))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._remove_hook()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -24,7 +24,14 @@ from lightning_mix.metrics import (
 )
 from lightning_mix.metrics.plot import require_matplotlib
 
-__all__ = ["AVAILABLE_METRICS", "DEFAULT_METRICS", "CalibrationMonitor", "figure_to_rgb", "get_batch_entry", "labels_of"]
+__all__ = [
+    "AVAILABLE_METRICS",
+    "DEFAULT_METRICS",
+    "CalibrationMonitor",
+    "figure_to_rgb",
+    "get_batch_entry",
+    "labels_of",
+]
 
 DEFAULT_METRICS = (
     "ece",
@@ -51,9 +58,7 @@ def _build_metric(name: str, n_bins: int, num_classes: int, input: str = "logits
         "mce": lambda: CalibrationError(n_bins, "max", input=input),
         "rmsce": lambda: CalibrationError(n_bins, "l2", input=input),
         "debiased_rmsce": lambda: CalibrationError(n_bins, "l2", debias=True, input=input),
-        "classwise_ece": lambda: CalibrationError(
-            n_bins, "l1", kind="classwise", num_classes=num_classes, input=input
-        ),
+        "classwise_ece": lambda: CalibrationError(n_bins, "l1", kind="classwise", num_classes=num_classes, input=input),
         "marginal_rmsce": lambda: CalibrationError(
             n_bins, "l2", kind="marginal", debias=True, binning="quantile", num_classes=num_classes, input=input
         ),
@@ -67,8 +72,18 @@ def _build_metric(name: str, n_bins: int, num_classes: int, input: str = "logits
 
 
 AVAILABLE_METRICS = (
-    "ece", "adaece", "mce", "rmsce", "debiased_rmsce", "classwise_ece", "marginal_rmsce", "smece",
-    "overconfidence", "underconfidence", "brier", "nll",
+    "ece",
+    "adaece",
+    "mce",
+    "rmsce",
+    "debiased_rmsce",
+    "classwise_ece",
+    "marginal_rmsce",
+    "smece",
+    "overconfidence",
+    "underconfidence",
+    "brier",
+    "nll",
 )
 
 
@@ -264,7 +279,7 @@ class CalibrationMonitor(Callback):
             return
         several = self._num_loaders(stage, trainer) > 1
         prefix = _STAGE_PREFIX[stage]
-        for (key_stage, index) in sorted(key for key in self._metrics if key[0] == stage):
+        for key_stage, index in sorted(key for key in self._metrics if key[0] == stage):
             metrics = self._metrics.pop((key_stage, index))
             suffix = f"/dataloader_idx_{index}" if several else ""
             for name in self.metric_names:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -81,14 +81,14 @@ class ManifoldMixup(MixingCallbackBase):
         self,
         layers: list[str] = ["input"],  # noqa: B006  (jsonargparse shows the default; never mutated)
         alpha: float = 2.0,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         mode: str = "batch",
         pairing: str = "random",
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
-        stop_epoch: Optional[int] = None,
+        seed: int | None = None,
+        stop_epoch: int | None = None,
         regression: bool = False,
     ) -> None:
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed, stop_epoch, regression)
@@ -103,11 +103,11 @@ class ManifoldMixup(MixingCallbackBase):
         self.alpha = alpha
         self.mode = mode
         self.pairing = pairing
-        self.last_layer: Optional[str] = None
-        self.last_index: Optional[torch.Tensor] = None
-        self.last_lam: Optional[torch.Tensor] = None
-        self._modules: dict[str, Optional[nn.Module]] = {}
-        self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
+        self.last_layer: str | None = None
+        self.last_index: torch.Tensor | None = None
+        self.last_lam: torch.Tensor | None = None
+        self._modules: dict[str, nn.Module | None] = {}
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     @property
     def state_key(self) -> str:
@@ -128,7 +128,9 @@ class ManifoldMixup(MixingCallbackBase):
 
     # -- per batch -----------------------------------------------------------------------------
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._remove_hook()
         inputs, targets = self.read_batch(batch)
         if not self.mixing_active(trainer):
@@ -147,7 +149,9 @@ class ManifoldMixup(MixingCallbackBase):
         else:
             self._handle = self._modules[layer].register_forward_hook(self._make_hook(layer, index, lam))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._remove_hook()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

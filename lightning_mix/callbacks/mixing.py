@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -72,13 +73,13 @@ class MixingCallback(MixingCallbackBase):
     def __init__(
         self,
         mixer: Callable[..., MixedBatch],
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         p: float = 1.0,
-        stop_epoch: Optional[int] = None,
+        stop_epoch: int | None = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         regression: bool = False,
     ) -> None:
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed, stop_epoch, regression)
@@ -88,13 +89,15 @@ class MixingCallback(MixingCallbackBase):
             raise ValueError(f"p is a probability and must lie in [0, 1], got {p}.")
         self.mixer = mixer
         self.p = p
-        self.last_mixed: Optional[MixedBatch] = None
+        self.last_mixed: MixedBatch | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(mixer=type(self.mixer).__name__, input_key=self.input_key)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         inputs, targets = self.read_batch(batch)
         if self._should_mix(trainer):
             mixed = self.mixer(inputs, targets, generator=self.generator(inputs.device))

@@ -1,4 +1,4 @@
-"""Model soups of epoch-end snapshots inside the Trainer: keep ingredients during fit, cook soups at the end of training."""
+"""Model soups of epoch-end snapshots inside the Trainer: keep ingredients during fit, cook soups at its end."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def _cpu_copy(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _non_finite_keys(state: Mapping[str, Any]) -> list[str]:
     return [
-        k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
     ]
 
 
@@ -240,7 +242,9 @@ class ModelSoup(WeightOwner, Callback):
         if keep in _RECIPES and keep not in recipes:
             raise ValueError(f"ModelSoup(keep={keep!r}) needs {keep!r} in recipes (got {list(recipes)}).")
         if bn_samples is not None and bn_samples < 1:
-            raise ValueError(f"ModelSoup(bn_samples={bn_samples}): must be >= 1 or None (as many batches as the fit used).")
+            raise ValueError(
+                f"ModelSoup(bn_samples={bn_samples}): must be >= 1 or None (as many batches as the fit used)."
+            )
         if dataloader_idx < 0:
             raise ValueError(f"ModelSoup(dataloader_idx={dataloader_idx}): must be >= 0.")
         self.every_n_epochs = every_n_epochs
@@ -437,7 +441,9 @@ class ModelSoup(WeightOwner, Callback):
             )
         self._val_checked = True
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if not self._train_checked:
             self._train_checked = True
             if self.recalibrate_bn and self.bn_forward is None and batchnorm_layers(pl_module):
@@ -509,18 +515,24 @@ class ModelSoup(WeightOwner, Callback):
             )
             self._ingredients = [ing for ing in self._ingredients if ing.get("path") not in missing]
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         # state_dict holds what the module holds (the soup); the trained weights go where Lightning's
         # WeightAveraging puts them, so a fit resumed from this checkpoint trains on from them
         if self._trained_after_cooking is not None:
             checkpoint["current_model_state"] = dict(self._trained_after_cooking)
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         if trainer.state.fn == TrainerFn.FITTING and "current_model_state" in checkpoint:
             pl_module.load_state_dict(checkpoint["current_model_state"])  # train on from the trained weights
 
     # ------------------------------------------------------------------ scoring and BatchNorm passes
-    def _score_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any], label: str) -> float:
+    def _score_weights(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any], label: str
+    ) -> float:
         rank_zero_info(f"ModelSoup: scoring {label}")
         if state is not self._in_module:
             pl_module.load_state_dict(state)
@@ -553,7 +565,9 @@ class ModelSoup(WeightOwner, Callback):
         """Training batches for the BatchNorm pass, before the device transfer."""
         loader = trainer.train_dataloader
         if loader is None:
-            raise RuntimeError("ModelSoup found no training dataloader for the BatchNorm pass; set recalibrate_bn=False.")
+            raise RuntimeError(
+                "ModelSoup found no training dataloader for the BatchNorm pass; set recalibrate_bn=False."
+            )
         if isinstance(loader, (Mapping, list, tuple)):
             raise TypeError(
                 "ModelSoup's BatchNorm pass supports a single training dataloader; with several, set "
@@ -572,7 +586,10 @@ class ModelSoup(WeightOwner, Callback):
                     return
 
     def _train_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[Any]:
-        """The BatchNorm pass's batches on the device: the same cached ones every time, or (``bn_samples=None``) a fresh full pass."""
+        """The BatchNorm pass's batches on the device.
+
+        The same cached ones every time, or (``bn_samples=None``) a fresh full pass.
+        """
         if self.bn_samples is None:
             host_batches: Any = self._host_batches(trainer, pl_module)
         else:
@@ -583,7 +600,7 @@ class ModelSoup(WeightOwner, Callback):
             yield to_device(trainer, batch, 0)
 
     def _recalibrated(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: Mapping[str, Any]) -> dict:
-        """Load ``state``, recompute BatchNorm statistics on the training data, return a CPU copy (the module holds it)."""
+        """Load ``state``, recompute its BatchNorm statistics on training data, return a CPU copy of the result."""
         pl_module.load_state_dict(state)
 
         def forward(module: nn.Module, batch: Any) -> Any:
@@ -736,7 +753,7 @@ class ModelSoup(WeightOwner, Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "soups"
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, state: Mapping[str, Any]) -> None:
-        """Save ``state`` as a Lightning checkpoint (rank 0 writes; temporary name, then rename; no file left on failure)."""
+        """Save ``state`` as a Lightning checkpoint (rank 0 writes, atomically: no file left on failure)."""
         if not self.save_soups:
             return
         if state is not self._in_module:

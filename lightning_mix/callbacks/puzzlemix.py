@@ -47,7 +47,8 @@ class PuzzleMix(MixingCallbackBase):
        None for a batch left unmixed).
 
     The image size is only known at the first batch: block numbers that do not divide it raise
-    there, before any training step. The module's ``forward`` must return logits (B, K) and ``training_step`` must accept dense
+    there, before any training step. The module's ``forward`` must return logits (B, K) and ``training_step`` must
+    accept dense
     targets (e.g. :func:`~lightning_mix.losses.soft_cross_entropy`). Not implemented: the authors'
     optional adversarial perturbation (``adv_p``, 0 by default) and ``clean_lam > 0``.
     Departures (documented in ``docs/guide/saliency_mixing.md``): the transport result is completed
@@ -93,7 +94,9 @@ class PuzzleMix(MixingCallbackBase):
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
         block_nums = [int(n) for n in ([block_nums] if isinstance(block_nums, int) else block_nums)]
         if not block_nums or min(block_nums) < 1:
-            raise ValueError(f"PuzzleMix: block_nums must be a non-empty list of positive grid sizes, got {block_nums}.")
+            raise ValueError(
+                f"PuzzleMix: block_nums must be a non-empty list of positive grid sizes, got {block_nums}."
+            )
         if channel_reduce not in CHANNEL_REDUCES:
             raise ValueError(f"PuzzleMix: channel_reduce must be one of {CHANNEL_REDUCES}, got {channel_reduce!r}.")
         if not 0.0 <= p <= 1.0:
@@ -110,7 +113,9 @@ class PuzzleMix(MixingCallbackBase):
     def state_key(self) -> str:
         return self._generate_state_key(input_key=self.input_key)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         inputs, targets = self.read_batch(batch)
         check_puzzle_inputs(inputs, self.block_nums)
         self.last_mixed, self.last_block_num = None, None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,7 +45,8 @@ class RegMixup(MixingCallbackBase):
         alpha: Beta(alpha, alpha) concentration of lam (documented range 10 to 20).
         num_classes: needed for class-index targets; None reads the module's or datamodule's ``num_classes``.
         label_smoothing: smoothing applied when class indices are made dense.
-        mode: ``"batch"`` (one lam per step, as the authors), ``"elem"`` (one per sample) or ``"pair"`` (with ``pairing="flip"``).
+        mode: ``"batch"`` (one lam per step, as the authors), ``"elem"`` (one per sample) or ``"pair"``
+            (with ``pairing="flip"``).
         pairing: partner rule of :class:`~lightning_mix.mixing.Mixup` (``"random"``, ``"flip"``, ``"roll"``,
             ``"different_class"``, ...).
         input_key: index or key of the inputs in the batch.
@@ -59,14 +60,14 @@ class RegMixup(MixingCallbackBase):
     def __init__(
         self,
         alpha: float = 10.0,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         mode: str = "batch",
         pairing: str = "random",
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
-        stop_epoch: Optional[int] = None,
+        seed: int | None = None,
+        stop_epoch: int | None = None,
         regression: bool = False,
     ) -> None:
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed, stop_epoch, regression)
@@ -76,14 +77,16 @@ class RegMixup(MixingCallbackBase):
         self.alpha = alpha
         self.mode = mode
         self.pairing = pairing
-        self.last_index: Optional[torch.Tensor] = None
-        self.last_lam: Optional[torch.Tensor] = None
+        self.last_index: torch.Tensor | None = None
+        self.last_lam: torch.Tensor | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(input_key=self.input_key)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         inputs, targets = self.read_batch(batch)
         if not self.mixing_active(trainer):
             self.last_index, self.last_lam = None, None

@@ -103,7 +103,9 @@ class TemperatureScaling(Callback):
         if bad:
             raise ValueError(f"apply_to must be among {list(_APPLY_STAGES)}, got {bad}.")
         if not 0 < min_temperature < 1 < max_temperature:
-            raise ValueError(f"need 0 < min_temperature < 1 < max_temperature, got {min_temperature}, {max_temperature}.")
+            raise ValueError(
+                f"need 0 < min_temperature < 1 < max_temperature, got {min_temperature}, {max_temperature}."
+            )
         self.fit_on = fit_on
         self.dataloader_idx = dataloader_idx
         self.max_iter = max_iter
@@ -270,7 +272,9 @@ class TemperatureScaling(Callback):
         return pl_module.on_before_batch_transfer(batch, self.dataloader_idx)
 
     @torch.no_grad()
-    def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _collect(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = pl_module.training
         pl_module.eval()
         precision = trainer.precision_plugin

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -72,17 +72,17 @@ class TLAlign(AttentionLabelCallback):
     def __init__(
         self,
         mixer: Callable[..., MixedBatch],
-        attention_modules: Optional[list[str]] = None,
-        attention_fn: Optional[AttentionFn] = None,
-        patch_size: Optional[int] = None,
+        attention_modules: list[str] | None = None,
+        attention_fn: AttentionFn | None = None,
+        patch_size: int | None = None,
         num_prefix_tokens: int = 1,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         p: float = 1.0,
-        stop_epoch: Optional[int] = None,
+        stop_epoch: int | None = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(
             mixer,
@@ -98,13 +98,13 @@ class TLAlign(AttentionLabelCallback):
             target_key,
             seed,
         )
-        self._weights: Optional[torch.Tensor] = None
+        self._weights: torch.Tensor | None = None
         self._next_block = 0
 
     def start(self, pending: PendingBatch) -> None:
         self._weights, self._next_block = None, 0
 
-    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> Optional[torch.Tensor]:
+    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> torch.Tensor | None:
         """Block ``position``'s map (B, H, N, N) -> the token weights; lam after the last block."""
         if position != self._next_block:
             raise RuntimeError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -58,10 +58,10 @@ class TokenShuffle(Callback):
 
     def __init__(
         self,
-        layers: Optional[list[str]] = None,
+        layers: list[str] | None = None,
         shuffle_rate: float = 0.1,
         token_dim: int = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= shuffle_rate <= 1.0:
@@ -76,8 +76,8 @@ class TokenShuffle(Callback):
         self.last_permutations: dict[int, torch.Tensor] = {}
         self._modules: list[nn.Module] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._stream: Optional[CounterStream] = None
-        self._restored: Optional[dict[str, int]] = None
+        self._stream: CounterStream | None = None
+        self._restored: dict[str, int] | None = None
         self._shuffle: list[bool] = []
         self._batch_seed = 0
         self._active = False

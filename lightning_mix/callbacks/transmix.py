@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -78,17 +78,17 @@ class TransMix(AttentionLabelCallback):
         self,
         mixer: Callable[..., MixedBatch],
         average_with_area: bool = True,
-        attention_module: Optional[str] = None,
-        attention_fn: Optional[AttentionFn] = None,
-        patch_size: Optional[int] = None,
+        attention_module: str | None = None,
+        attention_fn: AttentionFn | None = None,
+        patch_size: int | None = None,
         num_prefix_tokens: int = 1,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         label_smoothing: float = 0.0,
         p: float = 1.0,
-        stop_epoch: Optional[int] = None,
+        stop_epoch: int | None = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(
             mixer,
@@ -107,7 +107,7 @@ class TransMix(AttentionLabelCallback):
         self.average_with_area = average_with_area
         self.attention_module = attention_module
 
-    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> Optional[torch.Tensor]:
+    def consume(self, position: int, attention: torch.Tensor, pending: PendingBatch) -> torch.Tensor | None:
         """The class row (B, H, N) of the last block -> TransMix's lam."""
         grid = self.patch_grid(attention.shape[-1])
         patches = attention.mean(dim=1)[:, self.num_prefix_tokens :]

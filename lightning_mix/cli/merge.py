@@ -1,4 +1,4 @@
-"""``lightning-mix merge``: merge Lightning checkpoints (or state-dict files) from the command line.
+r"""``lightning-mix merge``: merge Lightning checkpoints (or state-dict files) from the command line.
 
 Example::
 

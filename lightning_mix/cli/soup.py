@@ -1,4 +1,4 @@
-"""``lightning-mix soup``: a model soup from checkpoints of separate runs, scored on validation data.
+r"""``lightning-mix soup``: a model soup from checkpoints of separate runs, scored on validation data.
 
 Example::
 

@@ -1,6 +1,5 @@
 """Losses (torch only): soft-target cross-entropy, calibration losses, mixing-aware losses."""
 
-from lightning_mix.losses.mixup_losses import decoupled_mixup_loss, mixup_ndcg_loss, mixup_ranking_loss
 from lightning_mix.losses.calibration import (
     BrierLoss,
     DCALoss,
@@ -19,6 +18,7 @@ from lightning_mix.losses.calibration import (
     mdca_loss,
     mmce_loss,
 )
+from lightning_mix.losses.mixup_losses import decoupled_mixup_loss, mixup_ndcg_loss, mixup_ranking_loss
 from lightning_mix.losses.soft_target import soft_cross_entropy
 
 __all__ = [

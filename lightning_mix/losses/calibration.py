@@ -50,9 +50,7 @@ def _dense(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             )
         return targets.float()
     if targets.shape != logits.shape[:1]:
-        raise ValueError(
-            f"class-index targets must be (B,) = ({logits.shape[0]},), got shape {tuple(targets.shape)}."
-        )
+        raise ValueError(f"class-index targets must be (B,) = ({logits.shape[0]},), got shape {tuple(targets.shape)}.")
     return F.one_hot(targets.long(), logits.shape[1]).float()
 
 
@@ -70,7 +68,9 @@ def _check_non_negative(name: str, value: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 3.0, reduction: str = "mean") -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float = 3.0, reduction: str = "mean"
+) -> torch.Tensor:
     """Focal loss (Lin et al. 2017; for calibration Mukhoti et al. 2020): ``-sum_c t_c (1 - p_c)^gamma log p_c``.
 
     With a one-hot target this is ``-(1 - p_y)^gamma log p_y``; gamma = 0 is cross-entropy.

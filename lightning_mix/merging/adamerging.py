@@ -69,6 +69,7 @@ def adamerging(
         models: fine-tuned models.
         batches: unlabeled batches, cycled for ``steps`` steps; ``get_inputs(batch)`` gives the
             module's input (the first element of a tuple by default).
+        get_inputs: ``batch -> inputs`` of ``module`` (see ``batches``).
         granularity: ``"task"`` (one coefficient per model) or ``"layer"`` (one per model and
             floating-point tensor).
         init: initial coefficient (0.3, task arithmetic's usual value).

@@ -304,6 +304,7 @@ class BrierScore(_MeanOfPerSampleLoss):
 
 class NegativeLogLikelihood(_MeanOfPerSampleLoss):
     """Mean negative log-likelihood (cross-entropy) of the labels; see
-    :func:`~lightning_mix.metrics.functional.negative_log_likelihood`. State: a sum and a count."""
+    :func:`~lightning_mix.metrics.functional.negative_log_likelihood`. State: a sum and a count.
+    """
 
     _sums = staticmethod(CF.nll_sums)

@@ -62,8 +62,13 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def check_calibration_args(
-    n_bins: int, norm: str = "l1", binning: str = "uniform", kind: str = "top_label", debias: bool = False,
-    input: str = "logits", binary: str = "top_label",
+    n_bins: int,
+    norm: str = "l1",
+    binning: str = "uniform",
+    kind: str = "top_label",
+    debias: bool = False,
+    input: str = "logits",
+    binary: str = "top_label",
 ) -> None:
     """Validate the arguments shared by the calibration-error functions and Metric classes."""
     if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
@@ -141,9 +146,7 @@ def check_values(preds: torch.Tensor, target: torch.Tensor, input: str) -> None:
                 f"input='probs' but rows of preds do not sum to one (largest deviation {worst:.3g}); "
                 "pass input='logits' for unnormalised scores, or normalise the probabilities."
             )
-        raise ValueError(
-            "input='probs' but binary preds lie outside [0, 1]; pass input='logits' for raw scores."
-        )
+        raise ValueError("input='probs' but binary preds lie outside [0, 1]; pass input='logits' for raw scores.")
 
 
 def non_finite_error(values: torch.Tensor, name: str) -> ValueError:
@@ -633,7 +636,7 @@ def _interpolate(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_ece_at(points: torch.Tensor, weights: torch.Tensor, sigma: float) -> float:
-    """smECE at bandwidth ``sigma`` of weighted points: ``weights`` rows are (residual, 1).
+    """SmECE at bandwidth ``sigma`` of weighted points: ``weights`` rows are (residual, 1).
 
     Follows the discretisation of relplot (the authors' code): splat on ``max(2000, 20/sigma)//2+1``
     nodes, reflected Gaussian convolution, evaluation on ``max(10/sigma, 200)`` points.
@@ -648,8 +651,8 @@ def smooth_ece_at(points: torch.Tensor, weights: torch.Tensor, sigma: float) -> 
 
 def smooth_ece_from_points(points: torch.Tensor, weights: torch.Tensor, eps: float = 1e-3) -> tuple[float, float]:
     """(smECE, bandwidth): the automatic bandwidth is the fixed point sigma = smECE_sigma, found by
-    ten bisection steps on (0, 1] as in the paper's reference code."""
-
+    ten bisection steps on (0, 1] as in the paper's reference code.
+    """
     if not float(weights[1].sum()) > 0:  # no samples: undefined, never a perfect 0
         return math.nan, math.nan
 

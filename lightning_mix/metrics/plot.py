@@ -50,12 +50,31 @@ def plot_reliability_diagram(diagram: dict[str, torch.Tensor], ax: Any = None, t
     else:
         fig, top, bottom = ax.figure, ax, None
 
-    top.bar(left[filled], acc[filled], width=width[filled], align="edge", color="tab:blue",
-            edgecolor="black", linewidth=0.5, label="accuracy")
+    top.bar(
+        left[filled],
+        acc[filled],
+        width=width[filled],
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     gap_base = acc[filled]
     gap = conf[filled] - acc[filled]
-    top.bar(left[filled], gap, bottom=gap_base, width=width[filled], align="edge", color="tab:red",
-            alpha=0.35, edgecolor="tab:red", hatch="//", linewidth=0.5, label="gap to confidence")
+    top.bar(
+        left[filled],
+        gap,
+        bottom=gap_base,
+        width=width[filled],
+        align="edge",
+        color="tab:red",
+        alpha=0.35,
+        edgecolor="tab:red",
+        hatch="//",
+        linewidth=0.5,
+        label="gap to confidence",
+    )
     top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -65,8 +84,7 @@ def plot_reliability_diagram(diagram: dict[str, torch.Tensor], ax: Any = None, t
         top.set_title(title)
     if bottom is not None:
         total = max(count.sum(), 1.0)
-        bottom.bar(left, count / total, width=width, align="edge", color="tab:gray", edgecolor="black",
-                   linewidth=0.5)
+        bottom.bar(left, count / total, width=width, align="edge", color="tab:gray", edgecolor="black", linewidth=0.5)
         mean_conf = float((conf * count).sum() / total)
         mean_acc = float((acc * count).sum() / total)
         bottom.axvline(mean_conf, color="tab:red", linewidth=1, label=f"mean confidence {mean_conf:.3f}")

@@ -91,7 +91,8 @@ def fit_temperature(
         logits: (N, C) validation logits of the model in eval mode.
         targets: (N,) labels or dense (N, C) class probabilities.
         max_iter: L-BFGS iterations.
-        min_temperature, max_temperature: bounds of the fallback search and of an accepted T.
+        min_temperature: lower bound of the fallback search and of an accepted T.
+        max_temperature: upper bound of the fallback search and of an accepted T.
 
     Raises:
         ValueError: on empty or misshapen input, labels outside ``[0, C)``, or any non-finite

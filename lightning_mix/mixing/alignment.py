@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-
 # exp(-87) is about the smallest normal float32: exponents below it are clamped, so no subnormal
 # number (tens of times slower on x86 CPUs) is ever produced; a term that small changes a
 # log-sum-exp by less than float32 resolution.
@@ -100,7 +99,9 @@ def align_and_mix(
     partner = own.index_select(0, index.to(features.device))
     r = own.shape[-1]
     with torch.no_grad():
-        plan = sinkhorn_plan(squared_distance_cost(own.transpose(1, 2), partner.transpose(1, 2)), eps, max_iter, threshold)
+        plan = sinkhorn_plan(
+            squared_distance_cost(own.transpose(1, 2), partner.transpose(1, 2)), eps, max_iter, threshold
+        )
         assignment = (plan * r).to(features.dtype)  # (B, r, r), rows of the sample's positions
     weight = lam.to(device=features.device, dtype=features.dtype).view(b, 1, 1)
     if direction == 0:

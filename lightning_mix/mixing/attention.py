@@ -137,7 +137,8 @@ def resolve_attention_modules(
     model: nn.Module, names: Sequence[str] | None = None, has_attention_fn: bool = False
 ) -> list[tuple[str, nn.Module]]:
     """The attention modules to hook: the named ones (dotted names of ``model.named_modules()``), or all
-    recognised ones when ``names`` is None. Raises a ValueError naming the fix when none is usable."""
+    recognised ones when ``names`` is None. Raises a ValueError naming the fix when none is usable.
+    """
     modules = dict(model.named_modules())
     if names is not None:
         missing = [n for n in names if n not in modules]

@@ -67,7 +67,10 @@ def _exhaustive(unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor) -> to
     all_labels = torch.div(codes.unsqueeze(1), powers, rounding_mode="floor") % n_labels
     k = all_labels.shape[0]
     grid = all_labels.view(1, k, n, m).expand(b, k, n, m).reshape(b * k, n, m)
-    rep = lambda t: t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])
+
     energies = grid_energy(grid, rep(unary), rep(w_v), rep(w_h)).view(b, k)
     return all_labels.view(k, n, m).index_select(0, energies.argmin(dim=1))
 
@@ -77,7 +80,10 @@ def _icm(unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor, sweeps: int)
     starts = [unary.argmin(dim=-1)] + [torch.full((b, n, m), k, device=unary.device) for k in range(n_labels)]
     s = len(starts)
     labels = torch.stack(starts, dim=1).reshape(b * s, n, m)
-    rep = lambda t: t.unsqueeze(1).expand(b, s, *t.shape[1:]).reshape(b * s, *t.shape[1:])
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(1).expand(b, s, *t.shape[1:]).reshape(b * s, *t.shape[1:])
+
     u, wv, wh = rep(unary), rep(w_v).unsqueeze(-1), rep(w_h).unsqueeze(-1)
     ks = torch.arange(n_labels, device=unary.device, dtype=unary.dtype)
     scale = float((n_labels - 1) ** 2)
@@ -112,7 +118,8 @@ def solve_grid_torch(
 
     Args:
         unary: (B, n, m, L) float costs.
-        w_v, w_h: (B, n-1, m) and (B, n, m-1) edge weights.
+        w_v: (B, n-1, m) weights of the vertical edges.
+        w_h: (B, n, m-1) weights of the horizontal edges.
         sweeps: checkerboard sweeps of iterated conditional modes (each updates every cell once).
         exhaustive_limit: search all ``L ** (n m)`` labellings when there are at most this many.
     """
@@ -154,8 +161,10 @@ def solve_grid_gco(
     v = (w_v.detach().double().cpu() * pair_factor).round().to(torch.int32).numpy()
     h = (w_h.detach().double().cpu() * pair_factor).round().to(torch.int32).numpy()
     t = table.numpy()
-    out = [torch.from_numpy(gco.cut_grid_graph(u[i], t, v[i], h[i], algorithm=algorithm).reshape(n, m).copy())
-           for i in range(u.shape[0])]
+    out = [
+        torch.from_numpy(gco.cut_grid_graph(u[i], t, v[i], h[i], algorithm=algorithm).reshape(n, m).copy())
+        for i in range(u.shape[0])
+    ]
     return torch.stack(out).long().to(unary.device)
 
 

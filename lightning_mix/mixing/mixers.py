@@ -24,19 +24,33 @@ import torch.nn.functional as F
 
 from lightning_mix.mixing.batch import MixedBatch
 from lightning_mix.mixing.sampling import (
+    LABEL_PAIRINGS,
     MODES,
-    Mode,
-    Pairing,
     PAIRINGS,
     SYMMETRIC_PAIRINGS,
-    LABEL_PAIRINGS,
+    Mode,
+    Pairing,
     expand_draws,
     make_pairing,
     sample_lam,
 )
 from lightning_mix.mixing.targets import mix_targets
 
-__all__ = ["BatchMixer", "Mixup", "MidpointMixup", "CutMix", "FMix", "ResizeMix", "RandomChoice", "box_corners", "box_masks", "paste_boxes", "fourier_maps", "fmix_masks", "resize_paste"]
+__all__ = [
+    "BatchMixer",
+    "Mixup",
+    "MidpointMixup",
+    "CutMix",
+    "FMix",
+    "ResizeMix",
+    "RandomChoice",
+    "box_corners",
+    "box_masks",
+    "paste_boxes",
+    "fourier_maps",
+    "fmix_masks",
+    "resize_paste",
+]
 
 
 def _wide(device) -> torch.dtype:
@@ -97,7 +111,8 @@ def _paste(inputs: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> tor
 def _select_into(keep: torch.Tensor, inputs: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     """``torch.where(keep, inputs, partner)`` written over ``partner`` (a new tensor of ours) when no
     gradient is recorded: an exact selection, without a fresh output buffer (on CPU a fresh 77 MB
-    buffer costs more in page faults than the selection itself)."""
+    buffer costs more in page faults than the selection itself).
+    """
     if inputs.requires_grad and torch.is_grad_enabled():
         return torch.where(keep, inputs, partner)
     return torch.where(keep, inputs, partner, out=partner)
@@ -150,7 +165,8 @@ def paste_boxes(inputs: torch.Tensor, index: torch.Tensor, lo: torch.Tensor, hi:
 
 def _self_pairs_unmixed(index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """A sample paired with itself (the middle of an odd batch under flip, a lone class under
-    same_class) is unchanged whatever the mask; say so with lam = 1."""
+    same_class) is unchanged whatever the mask; say so with lam = 1.
+    """
     return torch.where(index == torch.arange(index.shape[0], device=index.device), 1.0, lam)
 
 
@@ -237,7 +253,8 @@ class BatchMixer:
     def _unmix_self_pairs(self, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """:func:`_self_pairs_unmixed`, skipped (three small ops saved) when this mixer's own
         pairing rule cannot pair a sample with itself: flip with an even batch, roll, label_kernel,
-        different_class."""
+        different_class.
+        """
         if type(self).pair is BatchMixer.pair and type(self)._draw is BatchMixer._draw:
             b = index.shape[0]
             if self.pairing in _NEVER_SELF or (self.pairing == "flip" and b % 2 == 0):
@@ -302,7 +319,9 @@ class Mixup(BatchMixer):
         loss = soft_cross_entropy(model(out.inputs), out.targets)
     """
 
-    def __init__(self, alpha: float = 1.0, mode: Mode = "batch", pairing: Pairing = "flip", bandwidth: float = 1.0) -> None:
+    def __init__(
+        self, alpha: float = 1.0, mode: Mode = "batch", pairing: Pairing = "flip", bandwidth: float = 1.0
+    ) -> None:
         super().__init__(alpha, mode, pairing, bandwidth)
 
     def mix_inputs(self, inputs, index, lam, generator):
@@ -334,7 +353,8 @@ class MidpointMixup(Mixup):
 
 def box_corners(lam: torch.Tensor, centres: torch.Tensor, spatial: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped CutMix box corners ``lo``, ``hi`` (N, n) (half-open) from lam (N,) and centres (N, n);
-    see :func:`box_masks` for the rule."""
+    see :func:`box_masks` for the rule.
+    """
     sizes = torch.tensor(list(spatial), device=lam.device)
     ratio = (1.0 - lam.to(_wide(lam.device))).clamp_min(0.0)
     ratio = ratio.sqrt() if len(spatial) == 2 else ratio.pow(1.0 / len(spatial))
@@ -355,7 +375,9 @@ def box_masks(
     ``rand_bbox`` (an unclipped box has exactly ``side`` pixels).
 
     Args:
-        lam: (N,) draws; centres: (N, n) integer centres; spatial: the n spatial sizes;
+        lam: (N,) draws.
+        centres: (N, n) integer box centres.
+        spatial: the n spatial sizes.
         dtype: of the returned mask (bool, or a float dtype for 0/1 weights).
 
     Returns:
@@ -435,7 +457,8 @@ class CutMix(BatchMixer):
         """Batch mode on CPU, where reading lam and the centre costs no device sync: the rule of
         :func:`box_corners` in Python numbers, the centre drawn as :func:`_uniform_ints` draws it
         (same generator stream), then a copy of the batch and one gather of the box from the
-        partners straight into it -- a few ops in all, the same pixels and lam as the tensor path."""
+        partners straight into it -- a few ops in all, the same pixels and lam as the tensor path.
+        """
         b, spatial = inputs.shape[0], inputs.shape[2:]
         u = torch.rand((1, len(spatial)), generator=generator, dtype=_wide(inputs.device))[0].tolist()
         rest = max(1.0 - float(lam[0]), 0.0)
@@ -462,7 +485,8 @@ def fourier_maps(
     n: int, spatial: Sequence[int], decay_power: float, generator: torch.Generator | None, device
 ) -> torch.Tensor:
     """``n`` low-frequency random maps ``(n, *spatial)``, float32: a complex Gaussian spectrum scaled
-    by ``1 / f^decay_power`` (f clamped below at ``1 / max(spatial)``), inverse real FFT."""
+    by ``1 / f^decay_power`` (f clamped below at ``1 / max(spatial)``), inverse real FFT.
+    """
     dims = len(spatial)
     freqs_sq = torch.zeros((), device=device)
     for d, size in enumerate(spatial):
@@ -564,7 +588,8 @@ class FMix(BatchMixer):
 
 def _soft_paste(inputs: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Soft-edged FMix: where the weight is 1 or 0 a pixel is copied (bit for bit, as every mask
-    mixer); on the ramp in between it is the blend ``w * x + (1 - w) * x[index]``."""
+    mixer); on the ramp in between it is the blend ``w * x + (1 - w) * x[index]``.
+    """
     partner = inputs.index_select(0, index)
     weights = weights.to(inputs.dtype)
     blend = torch.lerp(partner, inputs, weights)
@@ -659,7 +684,8 @@ class ResizeMix(BatchMixer):
         """Batch mode on CPU, where reading the paste size costs no device sync: resize the
         partners to the one box size with ``F.interpolate`` and copy the box only. Same draws and
         same box as :func:`resize_paste`; the thumbnails agree with its ``grid_sample`` to float
-        rounding."""
+        rounding.
+        """
         b, _, height, width = inputs.shape
         h = min(max(round(float(tau) * height), 1), height)
         w = min(max(round(float(tau) * width), 1), width)
@@ -712,7 +738,8 @@ class RandomChoice:
         weights = [float(w) for w in weights]
         if len(weights) != len(self.mixers) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(
-                f"RandomChoice: weights must be {len(self.mixers)} non-negative numbers with a positive sum, got {weights}."
+                f"RandomChoice: weights must be {len(self.mixers)} non-negative numbers with a positive sum, "
+                f"got {weights}."
             )
         total = sum(weights)
         self.weights = [w / total for w in weights]

@@ -56,7 +56,7 @@ def _border_penalty(top: torch.Tensor, bottom: torch.Tensor, k: int, n: int) -> 
 
 
 def _effective_neighbourhood(block_size: int, neigh_size: int) -> int:
-    """The largest divisor of ``block_size`` not above ``neigh_size`` (the authors' ``min`` when sizes are powers of 2)."""
+    """The largest divisor of ``block_size`` not above ``neigh_size`` (the authors' ``min`` for powers of 2)."""
     size = min(neigh_size, block_size)
     while block_size % size:
         size -= 1
@@ -101,8 +101,10 @@ def puzzle_energy(
     pooled = (F.avg_pool2d(inputs_partner.float(), ns), F.avg_pool2d(inputs_own.float(), ns))
     pooled_t = tuple(p.transpose(-2, -1) for p in pooled)
     d_x = [[_border_penalty(pooled[a], pooled[c], k, n) * (beta_s * gamma) for c in (0, 1)] for a in (0, 1)]
-    d_y = [[_border_penalty(pooled_t[a], pooled_t[c], k, n).transpose(-2, -1) * (beta_s * gamma) for c in (0, 1)]
-           for a in (0, 1)]
+    d_y = [
+        [_border_penalty(pooled_t[a], pooled_t[c], k, n).transpose(-2, -1) * (beta_s * gamma) for c in (0, 1)]
+        for a in (0, 1)
+    ]
     cost_own = saliency_partner.float().clone()
     cost_partner = saliency_own.float().clone()
     cost_own[:, :-1, :] += (d_x[1][0] + d_x[1][1]) / 2
@@ -122,7 +124,9 @@ def puzzle_energy(
 
 
 class PuzzleMixer:
-    """PuzzleMix on a batch, given its input saliency (see :func:`~lightning_mix.mixing.input_saliency.input_gradient_saliency`).
+    """PuzzleMix on a batch, given its input saliency.
+
+    The saliency comes from :func:`~lightning_mix.mixing.input_saliency.input_gradient_saliency`.
 
     ``mixer(inputs, targets, saliency, block_num, generator) -> MixedBatch``: partners by a random
     permutation, one ``lam ~ Beta(alpha, alpha)`` for the batch (as the authors), the mask of
@@ -175,7 +179,8 @@ class PuzzleMixer:
             raise ValueError(f"PuzzleMix: solver must be one of {SOLVERS}, got {solver!r}.")
         if solver == "gco" and not gco_available():
             raise ImportError(
-                "PuzzleMix(solver='gco') needs the optional gco-wrapper package: pip install 'lightning-mix[graphcut]', "
+                "PuzzleMix(solver='gco') needs the optional gco-wrapper package: "
+                "pip install 'lightning-mix[graphcut]', "
                 "or use solver='torch' (or 'auto')."
             )
         self.alpha = float(alpha)

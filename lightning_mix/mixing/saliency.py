@@ -70,7 +70,8 @@ def _power(z: torch.Tensor) -> torch.Tensor:
 def _blur(padded: torch.Tensor, k_cols: list[float], k_rows: list[float]) -> torch.Tensor:
     """Separable filter of a (B, 1, H + K - 1, W + K - 1) map, ``k_cols`` along W then ``k_rows``
     along H, as in-place multiply-adds of shifted slices (a one-channel convolution or pooling
-    is several times slower on CPU)."""
+    is several times slower on CPU).
+    """
     taps = len(k_cols)
     h, w = padded.shape[-2] - taps + 1, padded.shape[-1] - taps + 1
     rows = padded[..., :, 0:w] * k_cols[0]

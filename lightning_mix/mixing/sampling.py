@@ -13,7 +13,21 @@ from typing import Literal
 
 import torch
 
-__all__ = ["MODES", "PAIRINGS", "SIMPLE_PAIRINGS", "LABEL_PAIRINGS", "SYMMETRIC_PAIRINGS", "Mode", "Pairing", "sample_beta", "sample_lam", "pair_ids", "expand_draws", "label_kernel_probabilities", "make_pairing"]
+__all__ = [
+    "MODES",
+    "PAIRINGS",
+    "SIMPLE_PAIRINGS",
+    "LABEL_PAIRINGS",
+    "SYMMETRIC_PAIRINGS",
+    "Mode",
+    "Pairing",
+    "sample_beta",
+    "sample_lam",
+    "pair_ids",
+    "expand_draws",
+    "label_kernel_probabilities",
+    "make_pairing",
+]
 
 Mode = Literal["batch", "pair", "elem"]
 Pairing = Literal["flip", "roll", "random", "label_kernel", "different_class", "same_class"]

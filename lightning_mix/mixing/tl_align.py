@@ -38,7 +38,8 @@ def patch_own_fraction(sources: torch.Tensor, grid: Sequence[int]) -> torch.Tens
 
 def initial_token_weights(own_fraction: torch.Tensor, lam: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Weights of the own label before the first block, (B, prefix + P): prefix tokens (the class
-    token) get the area lam, patch tokens their own-pixel fraction."""
+    token) get the area lam, patch tokens their own-pixel fraction.
+    """
     prefix = lam.float().view(-1, 1).expand(-1, num_prefix_tokens)
     return torch.cat([prefix, own_fraction.float()], dim=1)
 

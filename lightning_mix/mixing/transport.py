@@ -25,7 +25,9 @@ def grid_cost_matrix(n: int, device=None) -> torch.Tensor:
     return dist.float() / max(n - 1, 1) ** 2
 
 
-def transport_sources(visible: torch.Tensor, saliency: torch.Tensor, eps: float, rounds: int | None = None) -> torch.Tensor:
+def transport_sources(
+    visible: torch.Tensor, saliency: torch.Tensor, eps: float, rounds: int | None = None
+) -> torch.Tensor:
     """For each destination block, the source block that moves there: LongTensor (B, n*n), a permutation per row.
 
     Args:
@@ -37,7 +39,9 @@ def transport_sources(visible: torch.Tensor, saliency: torch.Tensor, eps: float,
     b, n, _ = visible.shape
     cells = n * n
     device = saliency.device
-    cost = eps * grid_cost_matrix(n, device) - saliency.reshape(b, cells, 1).float() * visible.reshape(b, 1, cells).float()
+    cost = (
+        eps * grid_cost_matrix(n, device) - saliency.reshape(b, cells, 1).float() * visible.reshape(b, 1, cells).float()
+    )
     arange = torch.arange(cells, device=device)
     rows = arange.expand(b, cells)
     claim = cost.argmin(dim=-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -68,10 +68,10 @@ class RankMixupMixin:
     rank_mixup_weight: float = 0.1
     rank_mixup_margin: float = 2.0
     rank_mixup_alpha: float = 2.0
-    rank_mixup_copies: Optional[int] = None
+    rank_mixup_copies: int | None = None
     rank_mixup_mode: str = "batch"
-    rank_mixup_seed: Optional[int] = None
-    rank_mixup_stop_epoch: Optional[int] = None
+    rank_mixup_seed: int | None = None
+    rank_mixup_stop_epoch: int | None = None
     rank_mixup_input_key: BatchKey = 0
     rank_mixup_target_key: BatchKey = 1
 
@@ -81,12 +81,12 @@ class RankMixupMixin:
         weight: float = 0.1,
         margin: float = 2.0,
         alpha: float = 2.0,
-        copies: Optional[int] = None,
+        copies: int | None = None,
         mode: str = "batch",
-        seed: Optional[int] = None,
+        seed: int | None = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        stop_epoch: Optional[int] = None,
+        stop_epoch: int | None = None,
     ) -> None:
         """Set RankMixup's options (call it in ``__init__``); the defaults are the authors' CIFAR settings.
 

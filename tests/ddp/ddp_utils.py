@@ -24,7 +24,9 @@ def run_ddp_script(name: str, out_dir: Path, *args: str, timeout: int = 300) -> 
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent), str(LIGHTNING_TESTS), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(SCRIPTS), str(SCRIPTS.parent), str(LIGHTNING_TESTS), env.get("PYTHONPATH", "")]
+    )
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / name), str(out_dir), *args],
         capture_output=True,
@@ -34,7 +36,9 @@ def run_ddp_script(name: str, out_dir: Path, *args: str, timeout: int = 300) -> 
         cwd=str(out_dir),
     )
     if proc.returncode != 0:
-        raise AssertionError(f"DDP script {name} failed (exit code {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"DDP script {name} failed (exit code {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     results = []
     for rank in range(2):
         path = Path(out_dir) / f"rank{rank}.pt"

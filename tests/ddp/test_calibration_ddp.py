@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from ddp_utils import run_ddp_script
 
 from lightning_mix.callbacks.calibration_monitor import AVAILABLE_METRICS, _build_metric

@@ -15,8 +15,14 @@ from lightning_mix.mixing.alignment import align_and_mix
 
 def _fit(callback, model, steps=2, data=None):
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=1, val_check_interval=1,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        val_check_interval=1,
         callbacks=[callback],
     )
     trainer.fit(model, DataLoader(data or image_data(32), batch_size=16), DataLoader(image_data(16), batch_size=16))
@@ -77,8 +83,16 @@ def test_feature_branch_runs_under_bf16_mixed():
     pl.seed_everything(0)
     model = TinyCNN(dropout=0.0)
     align = AlignMixup(layer="body", input_prob=0.0)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[align])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[align],
+    )
     trainer.fit(model, DataLoader(image_data(32), batch_size=16))
     assert align.last_choice in (0, 1) and align._handle is None
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -91,8 +105,15 @@ def test_resume_continues_the_draws(tmp_path):
         pl.seed_everything(0)
         model = TinyCNN(dropout=0.0)
         align = AlignMixup(layer="body", seed=4, threshold=None)
-        trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[align])
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[align],
+        )
         trainer.fit(model, DataLoader(data, batch_size=16), ckpt_path=ckpt)
         if save:
             trainer.save_checkpoint(save)

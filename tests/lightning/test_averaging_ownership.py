@@ -197,6 +197,4 @@ def test_swa_input_it_cannot_find_stops_the_fit_before_the_first_step(tmp_path):
 def test_weights_only_checkpoints_warn_at_setup(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_weights_only=True)
     with pytest.warns(UserWarning, match=r"save_weights_only=True.*trained weights"):
-        _trainer(tmp_path, [EMA(), ckpt], max_epochs=1, limit_train_batches=1, enable_checkpointing=True).fit(
-            TinyBN()
-        )
+        _trainer(tmp_path, [EMA(), ckpt], max_epochs=1, limit_train_batches=1, enable_checkpointing=True).fit(TinyBN())

@@ -48,8 +48,15 @@ def test_swa_bn_pass_goes_through_the_module_transfer_hooks(tmp_path):
     seed_everything(0)
     model = Shifted()
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
     )
     trainer.callbacks.append(SWA(start_epoch=1))
     trainer.fit(model)
@@ -80,8 +87,15 @@ def test_swa_bn_pass_uses_the_datamodule_hook_when_it_overrides_it(tmp_path):
     seed_everything(0)
     model = TinyBN()
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
         callbacks=[SWA(start_epoch=1)],
     )
     trainer.fit(model, datamodule=ScalingData(model))

@@ -10,15 +10,28 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_mix.callbacks.calibration_monitor import AVAILABLE_METRICS, DEFAULT_METRICS, CalibrationMonitor, _build_metric
+from lightning_mix.callbacks.calibration_monitor import (
+    AVAILABLE_METRICS,
+    DEFAULT_METRICS,
+    CalibrationMonitor,
+    _build_metric,
+)
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
 
 def _trainer(tmp_path, loggers, monitor):
     return pl.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=2, limit_test_batches=3,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        num_sanity_val_steps=1, logger=loggers, callbacks=[monitor], default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        limit_test_batches=3,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=1,
+        logger=loggers,
+        callbacks=[monitor],
+        default_root_dir=tmp_path,
     )
 
 
@@ -116,12 +129,13 @@ def test_figure_goes_to_log_image_where_a_logger_has_it(tmp_path):
             self.calls.append((key, images, step))
 
     logger = ImageLogger()
-    trainer = SimpleNamespace(loggers=[logger], global_step=7, current_epoch=1, log_dir=str(tmp_path),
-                              default_root_dir=str(tmp_path))
+    trainer = SimpleNamespace(
+        loggers=[logger], global_step=7, current_epoch=1, log_dir=str(tmp_path), default_root_dir=str(tmp_path)
+    )
     g = torch.Generator().manual_seed(0)
     diagram = reliability_diagram(torch.randn(200, 10, generator=g), torch.randint(0, 10, (200,), generator=g))
     CalibrationMonitor()._log_figure(trainer, "val", diagram)
-    (key, images, step), = logger.calls
+    ((key, images, step),) = logger.calls
     assert key == "val/cal/reliability_diagram" and step == 7
     assert images[0].ndim == 3 and images[0].shape[2] == 3 and images[0].dtype.name == "uint8"
     assert not list(Path(tmp_path).rglob("*.png"))  # no PNG when the logger took the image

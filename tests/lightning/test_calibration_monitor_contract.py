@@ -48,8 +48,14 @@ class Tiny(pl.LightningModule):
 
 def _trainer(tmp_path, monitor, logger=False):
     return pl.Trainer(
-        max_epochs=1, limit_train_batches=2, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, num_sanity_val_steps=0, logger=logger, callbacks=[monitor],
+        max_epochs=1,
+        limit_train_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        logger=logger,
+        callbacks=[monitor],
         default_root_dir=tmp_path,
     )
 
@@ -71,7 +77,9 @@ def test_several_validation_loaders_get_their_own_metrics(tmp_path):
         x, y = loader.dataset.tensors
         with torch.no_grad():
             logits = model(x)
-        assert float(logged[f"val/cal/ece/dataloader_idx_{index}"]) == pytest.approx(float(calibration_error(logits, y)), abs=1e-6)
+        assert float(logged[f"val/cal/ece/dataloader_idx_{index}"]) == pytest.approx(
+            float(calibration_error(logits, y)), abs=1e-6
+        )
         assert float(logged[f"val/cal/nll/dataloader_idx_{index}"]) == pytest.approx(
             float(negative_log_likelihood(logits, y)), rel=1e-5
         )
@@ -94,7 +102,9 @@ def test_input_probs_for_a_model_that_returns_probabilities(tmp_path):
     x, y = _tensors(1)
     monitor = CalibrationMonitor(metrics=["ece", "nll", "brier", "smece"], plot=False, input="probs")
     trainer = _trainer(tmp_path, monitor)
-    trainer.fit(model, DataLoader(TensorDataset(*_tensors(0)), batch_size=32), DataLoader(TensorDataset(x, y), batch_size=32))
+    trainer.fit(
+        model, DataLoader(TensorDataset(*_tensors(0)), batch_size=32), DataLoader(TensorDataset(x, y), batch_size=32)
+    )
     model.eval()
     with torch.no_grad():
         logits = model.net(x) * 2

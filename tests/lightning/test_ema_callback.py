@@ -193,7 +193,11 @@ def _resume_case(tmp_path, callback_factory, epochs_first: int, epochs_total: in
     first_model = TinyBN()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
     _trainer(
-        tmp_path / "b", [callback_factory(), ckpt], max_epochs=epochs_first, enable_checkpointing=True, precision=precision
+        tmp_path / "b",
+        [callback_factory(), ckpt],
+        max_epochs=epochs_first,
+        enable_checkpointing=True,
+        precision=precision,
     ).fit(first_model)
     seed_everything(0)
     resumed_model = TinyBN()

@@ -162,9 +162,17 @@ def test_trainer_fit(precision):
     model = _CheckingCNN(width=4)
     callback = ManifoldMixup(layers=["input", "block1", "block2"], alpha=2.0)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=4, limit_val_batches=1,
-        precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[callback],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
     )
     trainer.fit(model, MNIST5kDataModule(batch_size=16))
     assert callback.num_classes == 10  # read from the module's hparams
@@ -193,7 +201,9 @@ def test_ddp_manifold_regmixup_and_rank_mixup(tmp_path):
 
 def test_class_pairing_reads_the_targets():
     net = Net().train()
-    callback = _started(ManifoldMixup(layers=["l1"], num_classes=3, pairing="different_class", mode="elem", seed=0), net)
+    callback = _started(
+        ManifoldMixup(layers=["l1"], num_classes=3, pairing="different_class", mode="elem", seed=0), net
+    )
     batch = [torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])]
     y = batch[1].clone()
     callback.on_train_batch_start(None, net, batch, 0)

@@ -3,15 +3,18 @@
 import pytest
 import torch
 
-from lightning_mix.merging import MergeOptions, consensus, dare, model_stock, ties, weighted_average
-from lightning_mix.demos import SmallCNN
 from lightning_mix.cli.merge import main as merge_main
+from lightning_mix.demos import SmallCNN
+from lightning_mix.merging import MergeOptions, consensus, dare, model_stock, ties, weighted_average
 
 
 def _checkpoint(path, seed, width=4):
     torch.manual_seed(seed)
     model = SmallCNN(width=width, lr=1e-3)
-    state = {k: v + 0.01 * seed * torch.randn_like(v) if v.is_floating_point() else v + seed for k, v in model.state_dict().items()}
+    state = {
+        k: v + 0.01 * seed * torch.randn_like(v) if v.is_floating_point() else v + seed
+        for k, v in model.state_dict().items()
+    }
     torch.save(
         {
             "epoch": 3,
@@ -33,8 +36,23 @@ def test_merge_round_trip_loads_with_load_from_checkpoint(tmp_path, capsys):
     a = _checkpoint(tmp_path / "a.ckpt", 1)
     b = _checkpoint(tmp_path / "b.ckpt", 2)
     out = tmp_path / "merged.ckpt"
-    merge_main(["--method", "ties", "--base", str(tmp_path / "base.ckpt"), "--models", str(tmp_path / "a.ckpt"),
-                str(tmp_path / "b.ckpt"), "--density", "0.3", "--lam", "0.8", "--output", str(out)])
+    merge_main(
+        [
+            "--method",
+            "ties",
+            "--base",
+            str(tmp_path / "base.ckpt"),
+            "--models",
+            str(tmp_path / "a.ckpt"),
+            str(tmp_path / "b.ckpt"),
+            "--density",
+            "0.3",
+            "--lam",
+            "0.8",
+            "--output",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert "merge [1/" in err and f"merge [{len(base)}/{len(base)}]" in err
     loaded = SmallCNN.load_from_checkpoint(out)
@@ -52,16 +70,36 @@ def test_merge_average_dtype_filters_and_overrides(tmp_path):
     a = _checkpoint(tmp_path / "a.ckpt", 1)
     b = _checkpoint(tmp_path / "b.ckpt", 2)
     out = tmp_path / "avg.ckpt"
-    merge_main(["--method", "weighted_average", "--models", str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"),
-                "--weights", "3", "1", "--exclude", "head.*", "--override", "block1.*:weights=1,1",
-                "--dtype", "bfloat16", "--quiet", "--output", str(out)])
+    merge_main(
+        [
+            "--method",
+            "weighted_average",
+            "--models",
+            str(tmp_path / "a.ckpt"),
+            str(tmp_path / "b.ckpt"),
+            "--weights",
+            "3",
+            "1",
+            "--exclude",
+            "head.*",
+            "--override",
+            "block1.*:weights=1,1",
+            "--dtype",
+            "bfloat16",
+            "--quiet",
+            "--output",
+            str(out),
+        ]
+    )
     sd = torch.load(out, weights_only=True)["state_dict"]
     options = MergeOptions(exclude="head.*", overrides={"block1.*": {"weights": (1.0, 1.0)}}, dtype=torch.bfloat16)
     expected = weighted_average([a, b], [3.0, 1.0], options=options)
     for k in expected:
         assert torch.equal(sd[k], expected[k]), k
     assert sd["block2.0.weight"].dtype == torch.bfloat16 and torch.equal(sd["head.weight"], a["head.weight"])
-    torch.testing.assert_close(sd["block1.0.weight"].float(), ((a["block1.0.weight"] + b["block1.0.weight"]) / 2), rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(
+        sd["block1.0.weight"].float(), ((a["block1.0.weight"] + b["block1.0.weight"]) / 2), rtol=1e-2, atol=1e-3
+    )
 
 
 def test_merge_refuses_mismatch_and_leaves_no_file(tmp_path):
@@ -69,24 +107,59 @@ def test_merge_refuses_mismatch_and_leaves_no_file(tmp_path):
     _checkpoint(tmp_path / "a.ckpt", 1)
     _checkpoint(tmp_path / "wide.ckpt", 2, width=8)
     out = tmp_path / "merged.ckpt"
-    with pytest.raises(SystemExit, match=r"shape mismatch at 'block1.0.weight': \(4, 1, 3, 3\) in base but \(8, 1, 3, 3\) in model 1"):
-        merge_main(["--method", "task_arithmetic", "--base", str(tmp_path / "base.ckpt"), "--models",
-                    str(tmp_path / "a.ckpt"), str(tmp_path / "wide.ckpt"), "--output", str(out), "--quiet"])
+    with pytest.raises(
+        SystemExit, match=r"shape mismatch at 'block1.0.weight': \(4, 1, 3, 3\) in base but \(8, 1, 3, 3\) in model 1"
+    ):
+        merge_main(
+            [
+                "--method",
+                "task_arithmetic",
+                "--base",
+                str(tmp_path / "base.ckpt"),
+                "--models",
+                str(tmp_path / "a.ckpt"),
+                str(tmp_path / "wide.ckpt"),
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "base.ckpt", "wide.ckpt"]
     with pytest.raises(SystemExit):
         merge_main(["--method", "ties", "--models", str(tmp_path / "a.ckpt"), "--output", str(out)])  # no --base
     (tmp_path / "exists.ckpt").write_bytes(b"keep me")
     with pytest.raises(SystemExit):
-        merge_main(["--method", "weighted_average", "--models", str(tmp_path / "a.ckpt"), str(tmp_path / "base.ckpt"),
-                    "--output", str(tmp_path / "exists.ckpt")])
+        merge_main(
+            [
+                "--method",
+                "weighted_average",
+                "--models",
+                str(tmp_path / "a.ckpt"),
+                str(tmp_path / "base.ckpt"),
+                "--output",
+                str(tmp_path / "exists.ckpt"),
+            ]
+        )
     assert (tmp_path / "exists.ckpt").read_bytes() == b"keep me"
 
 
 def test_plain_state_dict_files(tmp_path):
     torch.save({"w": torch.tensor([1.0, 3.0])}, tmp_path / "x.pt")
     torch.save({"w": torch.tensor([3.0, 5.0])}, tmp_path / "y.pt")
-    merge_main(["--method", "slerp", "--models", str(tmp_path / "x.pt"), str(tmp_path / "y.pt"), "--t", "0",
-                "--output", str(tmp_path / "z.pt"), "--quiet"])
+    merge_main(
+        [
+            "--method",
+            "slerp",
+            "--models",
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "y.pt"),
+            "--t",
+            "0",
+            "--output",
+            str(tmp_path / "z.pt"),
+            "--quiet",
+        ]
+    )
     assert torch.load(tmp_path / "z.pt", weights_only=True)["w"].tolist() == [1.0, 3.0]
 
 
@@ -117,20 +190,33 @@ def test_soup_greedy_from_checkpoints(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "reference"),
     [
-        (["--method", "dare", "--p", "0.5", "--seed", "1", "--lam", "0.5"],
-         lambda b, ms: dare(b, ms, p=0.5, lam=0.5, seed=1)),
-        (["--method", "consensus", "--k", "2", "--mask-lam", "0.3", "--lam", "0.6"],
-         lambda b, ms: consensus(b, ms, k=2, mask_lam=0.3, lam=0.6)),
-        (["--method", "model_stock"],
-         lambda b, ms: model_stock(b, ms)),
+        (
+            ["--method", "dare", "--p", "0.5", "--seed", "1", "--lam", "0.5"],
+            lambda b, ms: dare(b, ms, p=0.5, lam=0.5, seed=1),
+        ),
+        (
+            ["--method", "consensus", "--k", "2", "--mask-lam", "0.3", "--lam", "0.6"],
+            lambda b, ms: consensus(b, ms, k=2, mask_lam=0.3, lam=0.6),
+        ),
+        (["--method", "model_stock"], lambda b, ms: model_stock(b, ms)),
     ],
 )
 def test_merge_methods_match_the_library(tmp_path, argv, reference):
     base = _checkpoint(tmp_path / "base.ckpt", 0)
     models = [_checkpoint(tmp_path / f"m{i}.ckpt", i + 1) for i in range(3)]
     out = tmp_path / "out.ckpt"
-    merge_main([*argv, "--base", str(tmp_path / "base.ckpt"), "--models", *[str(tmp_path / f"m{i}.ckpt") for i in range(3)],
-                "--output", str(out), "--quiet"])
+    merge_main(
+        [
+            *argv,
+            "--base",
+            str(tmp_path / "base.ckpt"),
+            "--models",
+            *[str(tmp_path / f"m{i}.ckpt") for i in range(3)],
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     got = torch.load(out, weights_only=True)["state_dict"]
     expected = reference(base, models)
     for k in expected:
@@ -149,7 +235,9 @@ def test_soup_uniform_with_batchnorm_recalibration(tmp_path):
         _checkpoint(tmp_path / f"run{seed}.ckpt", seed, width=8)
         paths.append(str(tmp_path / f"run{seed}.ckpt"))
     out = tmp_path / "soup.ckpt"
-    soup_main(["--models", *paths, "--config", str(config), "--recipe", "uniform", "--recalibrate-bn", "--output", str(out)])
+    soup_main(
+        ["--models", *paths, "--config", str(config), "--recipe", "uniform", "--recalibrate-bn", "--output", str(out)]
+    )
     ckpt = torch.load(out, weights_only=True)
     states = [torch.load(p, weights_only=True)["state_dict"] for p in paths]
     mean_w = (states[0]["block1.0.weight"] + states[1]["block1.0.weight"]) / 2

@@ -104,7 +104,7 @@ def test_stop_epoch_stops_mixing():
     originals = torch.stack([data[i][0] for i in range(16)])
     assert len(model.train_seen) == 6
     assert not torch.allclose(model.train_seen[0][0], originals)
-    for x, y in model.train_seen[2:]:
+    for _, y in model.train_seen[2:]:
         assert torch.equal(y.max(-1).values, torch.ones(16))  # one-hot: unmixed
     torch.testing.assert_close(model.train_seen[2][0], originals)
 

@@ -36,8 +36,15 @@ def _trainer(tmp_path, callbacks, max_epochs=4, **kwargs):
 
 
 def _validate(model, tmp_path, **kwargs):
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         devices=1, default_root_dir=str(tmp_path), **kwargs)
+    trainer = pl.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+        **kwargs,
+    )
     return trainer.validate(model, datamodule=SoupData(), verbose=False)[0]
 
 
@@ -122,7 +129,17 @@ def test_resume_gives_identical_ingredients(tmp_path, on_disk):
 
 def test_max_ingredients_every_n_epochs_start_epoch_and_mode_min(tmp_path):
     storage = tmp_path / "ing"
-    soup = ModelSoup(every_n_epochs=2, start_epoch=1, max_ingredients=2, storage=str(storage), score="nll", recipes=("greedy",), recalibrate_bn=False, keep="best", save_soups=False)
+    soup = ModelSoup(
+        every_n_epochs=2,
+        start_epoch=1,
+        max_ingredients=2,
+        storage=str(storage),
+        score="nll",
+        recipes=("greedy",),
+        recalibrate_bn=False,
+        keep="best",
+        save_soups=False,
+    )
     torch.manual_seed(0)
     trainer = _trainer(tmp_path, [soup], max_epochs=6)
     trainer.fit(SoupNet(), SoupData())
@@ -241,7 +258,7 @@ def test_batchnorm_feed_picks_the_input_or_explains_how_to():
         default._bn_feed(net, {"x": x, "y": torch.zeros(5)})
 
 
-# ---------------------------------------------------------------------------- issue 10: composition and misconfiguration
+# ------------------------------------------------------------------- issue 10: composition and misconfiguration
 
 
 class CountingNet(SoupNet):
@@ -442,7 +459,10 @@ def test_storage_refuses_an_earlier_runs_files_unless_overwrite(tmp_path):
     soup = ModelSoup(storage=str(storage), overwrite=True)
     _trainer(tmp_path, [soup], max_epochs=2).fit(SoupNet(), SoupData())
     assert sorted(p.name for p in storage.iterdir()) == [
-        "ingredient-epoch=0000.pt", "ingredient-epoch=0001.pt", "soup-greedy.ckpt", "soup-uniform.ckpt"
+        "ingredient-epoch=0000.pt",
+        "ingredient-epoch=0001.pt",
+        "soup-greedy.ckpt",
+        "soup-uniform.ckpt",
     ]
 
 

@@ -13,8 +13,13 @@ from lightning_mix.callbacks import PuzzleMix
 
 def _trainer(callbacks, steps=2, **options):
     settings = {
-        "accelerator": "cpu", "max_steps": steps, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+        "accelerator": "cpu",
+        "max_steps": steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
     }
     return pl.Trainer(callbacks=callbacks, **{**settings, **options})
 
@@ -65,7 +70,9 @@ def test_saliency_pass_runs_in_eval_mode_under_the_trainer_precision_and_restore
             pl_module.body[1].eval()
 
     puzzle = PuzzleMix(block_nums=[2], solver="torch")
-    _trainer([FreezeBN(), puzzle], steps=2, precision="bf16-mixed").fit(model, DataLoader(image_data(32), batch_size=16))
+    _trainer([FreezeBN(), puzzle], steps=2, precision="bf16-mixed").fit(
+        model, DataLoader(image_data(32), batch_size=16)
+    )
     assert model.eval_autocast == [True, True]
     assert not model.body[1].training and model.body[0].training
     assert puzzle.last_mixed.inputs.dtype == torch.float32

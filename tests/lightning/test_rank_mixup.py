@@ -41,7 +41,10 @@ def _mixed_logits(model, x, index, lam):
 def test_defaults_are_the_authors():
     model = Tiny()
     assert (model.rank_mixup_loss, model.rank_mixup_weight, model.rank_mixup_margin, model.rank_mixup_alpha) == (
-        "mrl", 0.1, 2.0, 2.0,
+        "mrl",
+        0.1,
+        2.0,
+        2.0,
     )
     assert model._rank_mixup_num_copies == 1
     model.configure_rank_mixup(loss="mndcg")
@@ -117,9 +120,17 @@ def test_trainer_fit(loss, precision):
     pl.seed_everything(0)
     model = RankCNN(loss=loss)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=3, limit_val_batches=1,
-        precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, MNIST5kDataModule(batch_size=16))
     metrics = trainer.callback_metrics

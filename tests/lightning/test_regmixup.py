@@ -66,8 +66,10 @@ def test_loss_equals_half_of_clean_plus_mixed_ce():
     w = lam.view(-1, 1, 1)
     logits_mix = model(w * x + (1 - w) * x[index])
     ce_clean = F.cross_entropy(model(x), y)
-    ce_mixed = (lam * F.cross_entropy(logits_mix, y, reduction="none")
-                + (1 - lam) * F.cross_entropy(logits_mix, y[index], reduction="none")).mean()
+    ce_mixed = (
+        lam * F.cross_entropy(logits_mix, y, reduction="none")
+        + (1 - lam) * F.cross_entropy(logits_mix, y[index], reduction="none")
+    ).mean()
     torch.testing.assert_close(joint, (ce_clean + ce_mixed) / 2)
 
 
@@ -98,9 +100,18 @@ def test_trainer_fit(precision):
     pl.seed_everything(0)
     model = _SizeCNN(width=4)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=3, limit_val_batches=1,
-        precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[RegMixup(alpha=10.0)], num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RegMixup(alpha=10.0)],
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, MNIST5kDataModule(batch_size=16))
     assert model.sizes == [32, 32, 32] and model.val_sizes == [16]

@@ -196,8 +196,10 @@ def test_low_precision_average_is_float32_mean(tmp_path, precision):
         expected = (snaps.states[1][name].double() + snaps.states[2][name].double()) / 2
         assert torch.allclose(average[name].double(), expected, atol=1e-6), name
         # the module holds the average, rounded to its own dtype
-        assert torch.equal(getattr(model, name.split(".")[0]).get_parameter(name.split(".")[1]).float(),
-                           average[name].to(model.fc1.weight.dtype).float())
+        assert torch.equal(
+            getattr(model, name.split(".")[0]).get_parameter(name.split(".")[1]).float(),
+            average[name].to(model.fc1.weight.dtype).float(),
+        )
     # BatchNorm recalibrated through the precision plugin (bf16 inputs under bf16-true)
     x = model.train_x.double()
     tol = 0.05 if precision == "bf16-true" else 1e-4

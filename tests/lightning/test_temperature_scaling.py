@@ -69,9 +69,17 @@ def test_scaling_keeps_accuracy_and_lowers_ece():
 
 def _trainer(tmp_path, callbacks, **kwargs):
     return pl.Trainer(
-        max_epochs=1, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=tmp_path, callbacks=callbacks, num_sanity_val_steps=0, **kwargs,
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        **kwargs,
     )
 
 
@@ -103,8 +111,13 @@ def test_callback_fits_logs_checkpoints_and_applies_at_test(tmp_path):
     # logged before/after
     rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
     logged = {k for row in rows for k, v in row.items() if v}
-    assert {"val/cal/temperature", "val/cal/nll_before_scaling", "val/cal/nll_after_scaling",
-            "val/cal/ece_before_scaling", "val/cal/ece_after_scaling"} <= logged
+    assert {
+        "val/cal/temperature",
+        "val/cal/nll_before_scaling",
+        "val/cal/nll_after_scaling",
+        "val/cal/ece_before_scaling",
+        "val/cal/ece_after_scaling",
+    } <= logged
     # T in the checkpoint, restored by a fresh callback, applied to forward during test only
     ckpt = tmp_path / "model.ckpt"
     trainer.save_checkpoint(ckpt)

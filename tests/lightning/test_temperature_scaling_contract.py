@@ -66,9 +66,16 @@ class Linear(pl.LightningModule):
 
 def _trainer(tmp_path, callbacks, **kwargs):
     return pl.Trainer(
-        max_epochs=2, limit_train_batches=4, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, logger=False, default_root_dir=tmp_path, callbacks=callbacks,
-        num_sanity_val_steps=0, **kwargs,
+        max_epochs=2,
+        limit_train_batches=4,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        **kwargs,
     )
 
 
@@ -162,8 +169,9 @@ def test_applies_t_with_a_forward_hook_and_removes_it(tmp_path):
 def test_non_finite_logits_are_a_clear_error_never_a_fitted_t(tmp_path):
     torch.manual_seed(0)
     model, ts = Linear(nan_at_eval=True), TemperatureScaling(verbose=False)
-    with pytest.warns(UserWarning, match="no temperature for this validation epoch"), pytest.raises(
-        ValueError, match="non-finite values"
+    with (
+        pytest.warns(UserWarning, match="no temperature for this validation epoch"),
+        pytest.raises(ValueError, match="non-finite values"),
     ):
         _trainer(tmp_path, [ts]).fit(model, _loader(*_tensors()), _loader(*_tensors(seed=1)))
     assert not ts.fitted and ts.temperature == 1.0

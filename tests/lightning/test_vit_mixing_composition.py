@@ -71,4 +71,3 @@ def test_composes_with_weight_averaging_temperature_scaling_and_token_shuffle(av
     assert trainer.state.finished and len(model.seen) == 8
     assert scaling.fitted and 0.05 <= scaling.temperature <= 20.0
     assert mixing.num_hooked_modules == 0  # the mixing hooks are gone after fit
-

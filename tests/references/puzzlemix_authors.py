@@ -64,13 +64,27 @@ def authors_energy(input1, grad1, indices, block_num, alpha, beta, gamma, eta, n
         if n_labels == 2:
             prior = eta * np.array([-np.log(a + 1e-8), -np.log(1 - a + 1e-8)]) / block_num**2
         elif n_labels == 3:
-            prior = eta * np.array([-np.log(a**2 + 1e-8), -np.log(2 * a * (1 - a) + 1e-8),
-                                    -np.log((1 - a) ** 2 + 1e-8)]) / block_num**2
+            prior = (
+                eta
+                * np.array([-np.log(a**2 + 1e-8), -np.log(2 * a * (1 - a) + 1e-8), -np.log((1 - a) ** 2 + 1e-8)])
+                / block_num**2
+            )
         else:
-            prior = eta * np.array([-np.log(a**3 + 1e-8), -np.log(3 * a**2 * (1 - a) + 1e-8),
-                                    -np.log(3 * a * (1 - a) ** 2 + 1e-8), -np.log((1 - a) ** 3 + 1e-8)]) / block_num**2
-        unary = np.stack([(1 - lam) * u_a + lam * u_b + prior[j] for j, lam in enumerate(np.linspace(0, 1, n_labels))],
-                         axis=-1)
+            prior = (
+                eta
+                * np.array(
+                    [
+                        -np.log(a**3 + 1e-8),
+                        -np.log(3 * a**2 * (1 - a) + 1e-8),
+                        -np.log(3 * a * (1 - a) ** 2 + 1e-8),
+                        -np.log((1 - a) ** 3 + 1e-8),
+                    ]
+                )
+                / block_num**2
+            )
+        unary = np.stack(
+            [(1 - lam) * u_a + lam * u_b + prior[j] for j, lam in enumerate(np.linspace(0, 1, n_labels))], axis=-1
+        )
         out.append((unary, pw_x[i].numpy() + beta, pw_y[i].numpy() + beta))
     return out
 

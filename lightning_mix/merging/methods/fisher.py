@@ -59,6 +59,8 @@ def fisher_information(
         module: the model, run in eval mode (BatchNorm uses its running statistics; the mode is
             restored afterwards). Only parameters with ``requires_grad`` get a Fisher.
         batches: an iterable of batches (a dataloader); ``get_inputs(batch)`` gives the inputs.
+        get_inputs: ``batch -> inputs`` of ``module`` (the first element of a tuple by default).
+        get_labels: ``batch -> labels`` (class indices) for ``labels="data"`` (the second element by default).
         num_examples: examples used (256 in the paper); fewer if ``batches`` runs out.
         labels: ``"sample"`` draws one ``y`` per example from the model's softmax (a one-sample
             estimate of the Fisher), ``"exact"`` sums the squared gradients of every class
@@ -199,6 +201,7 @@ def fisher(
     """Fisher-weighted average ``sum_i c_i F_i theta_i / sum_i c_i F_i`` per entry.
 
     Args:
+        models: the fine-tuned models' state dicts (or checkpoint paths).
         fishers: one diagonal Fisher per model (:func:`fisher_information`, or files). Names
             without a Fisher in every model (buffers, frozen parameters) are averaged with the
             weights ``c_i``.
@@ -207,6 +210,7 @@ def fisher(
         normalize_fishers: ``c_i = weight_i / ||F_i||_2`` over the whole Fisher (reference default).
         favor_target_model: floor only the first model's Fisher (reference default); ``False``
             floors every Fisher.
+        options: the shared merge options (:class:`~lightning_mix.merging.MergeOptions`).
     """
     params = FisherParams(
         None if weights is None else tuple(float(w) for w in weights), floor, normalize_fishers, favor_target_model

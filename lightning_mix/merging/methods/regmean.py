@@ -44,6 +44,8 @@ def regmean_grams(
     """Gram matrices ``X^T X / N`` (``normalize=False``: ``X^T X``) of the inputs of ``module``'s ``nn.Linear`` layers.
 
     Args:
+        module: the model whose ``nn.Linear`` inputs are collected (run in eval mode).
+        batches: an iterable of batches (a dataloader).
         layers: module names to collect (default: every ``nn.Linear``).
         num_batches: stop after this many batches (default: all).
         get_inputs: ``batch -> inputs`` passed to ``module`` (the first element by default).
@@ -148,7 +150,9 @@ def regmean(
     """RegMean: regression mean for the weights with a Gram in every model, plain average elsewhere.
 
     Args:
+        models: the fine-tuned models' state dicts (or checkpoint paths).
         grams: one ``{weight name: Gram}`` per model (:func:`regmean_grams`, or files).
         alpha: scale of the Grams' off-diagonal entries (0.95).
+        options: the shared merge options (:class:`~lightning_mix.merging.MergeOptions`).
     """
     return merge(METHOD, models, RegmeanParams(alpha), options, extra={"grams": list(grams)})

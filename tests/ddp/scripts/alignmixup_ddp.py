@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from ddp_run import ddp_trainer, save_and_close
 from puzzlemix_helpers import TinyCNN, image_data
 from torch.utils.data import DataLoader
@@ -31,7 +30,11 @@ if __name__ == "__main__":
     trainer = ddp_trainer(max_steps=3, limit_val_batches=0, callbacks=[align, record])
     trainer.fit(model, DataLoader(image_data(96), batch_size=16))
     save_and_close(
-        {"params": [p.detach().clone() for p in model.parameters()], "steps": trainer.global_step, "draws": record.draws},
+        {
+            "params": [p.detach().clone() for p in model.parameters()],
+            "steps": trainer.global_step,
+            "draws": record.draws,
+        },
         out,
         trainer.global_rank,
     )

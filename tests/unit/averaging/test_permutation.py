@@ -54,7 +54,9 @@ def _assert_same_state(a, b):
 def test_planted_permutation_mlp():
     torch.manual_seed(0)
     x, y = torch.randn(128, 10), torch.randint(0, 4, (128,))
-    mlp = _train(nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)), x, y, steps=300)
+    mlp = _train(
+        nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)), x, y, steps=300
+    )
     spec = infer_permutation_spec(mlp, x[:4])
     assert spec.groups == {
         "P_0": [("0.weight", 0), ("0.bias", 0), ("2.weight", 1, 1)],
@@ -74,8 +76,13 @@ class _ConvNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 12, 3, padding=1, bias=False),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(12 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3))
 
@@ -211,7 +218,9 @@ def test_interpolate_lerps_weights_and_recomputes_batchnorm():
     manual.features[1].running_mean.fill_(5.0)
     recalibrate_batchnorm(manual, [x[:16], x[16:]])
     torch.testing.assert_close(mid.features[1].running_var, manual.features[1].running_var)
-    assert not torch.allclose(mid.features[1].running_mean, 0.75 * a.features[1].running_mean + 0.25 * b.features[1].running_mean)
+    assert not torch.allclose(
+        mid.features[1].running_mean, 0.75 * a.features[1].running_mean + 0.25 * b.features[1].running_mean
+    )
 
 
 def test_batchnorm_statistics_stay_out_of_the_objective_by_default():

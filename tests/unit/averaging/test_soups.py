@@ -126,7 +126,7 @@ def test_greedy_soup_matches_a_naive_search_that_recomputes_each_mean(mode, stri
         target = torch.randn(6, generator=g).double()
         ings = [{"w": target.float() + torch.randn(6, generator=g) * (0.2 + 2.0 * (i % 3))} for i in range(7)]
         distance = _distance_metric(target)
-        evaluate = distance if mode == "max" else (lambda sd: -distance(sd))
+        evaluate = distance if mode == "max" else (lambda sd, distance=distance: -distance(sd))
         soup = greedy_soup(ings, evaluate, mode=mode, strict=strict)
         assert soup.kept == _naive_greedy(ings, evaluate, mode, strict)
         expected = torch.stack([ings[j]["w"].double() for j in soup.kept]).mean(0)

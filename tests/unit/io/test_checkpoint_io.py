@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lightning_mix.checkpoint_io import (
-    atomic_write_path,
     CheckpointError,
     IncompatibleCheckpointsError,
+    atomic_write_path,
     check_compatible,
     check_output_path,
     checkpoint_metadata,

@@ -37,8 +37,12 @@ def _batch(b=16, c=5, seed=0):
 
 def test_focal_hand_worked_and_gamma_zero_is_cross_entropy():
     logits = torch.tensor([[0.0, LN3]])  # p = [0.25, 0.75]
-    assert float(focal_loss(logits, torch.tensor([1]), gamma=2.0)) == pytest.approx(-(0.25**2) * math.log(0.75), rel=1e-6)
-    assert float(focal_loss(logits, torch.tensor([0]), gamma=3.0)) == pytest.approx(-(0.75**3) * math.log(0.25), rel=1e-6)
+    assert float(focal_loss(logits, torch.tensor([1]), gamma=2.0)) == pytest.approx(
+        -(0.25**2) * math.log(0.75), rel=1e-6
+    )
+    assert float(focal_loss(logits, torch.tensor([0]), gamma=3.0)) == pytest.approx(
+        -(0.75**3) * math.log(0.25), rel=1e-6
+    )
     z, y = _batch()
     assert float(focal_loss(z, y, gamma=0.0)) == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-6)
     assert float(FocalLoss(3.0)(z, y)) == pytest.approx(float(focal_loss(z, y, 3.0)))
@@ -60,7 +64,9 @@ def test_label_smoothing_matches_torch():
         assert float(label_smoothing_cross_entropy(z, y, s)) == pytest.approx(
             float(F.cross_entropy(z, y, label_smoothing=s)), rel=1e-6
         )
-    assert float(LabelSmoothingCrossEntropy(0.1)(z, y)) == pytest.approx(float(F.cross_entropy(z, y, label_smoothing=0.1)), rel=1e-6)
+    assert float(LabelSmoothingCrossEntropy(0.1)(z, y)) == pytest.approx(
+        float(F.cross_entropy(z, y, label_smoothing=0.1)), rel=1e-6
+    )
 
 
 def test_mbls_hand_worked():

@@ -169,7 +169,8 @@ def test_decoupled_mixup_from_mixed_targets_matches_pair_form(smoothing):
     # lam = 1 or 0 leaves one class: no decoupled term there, whereas the pair form still sees a != b
     ends = (lam == 1) | (lam == 0)
     expected = torch.where(
-        ends, decoupled_mixup_loss(logits, labels, index, lam, eta=0.0, label_smoothing=smoothing, reduction="none"),
+        ends,
+        decoupled_mixup_loss(logits, labels, index, lam, eta=0.0, label_smoothing=smoothing, reduction="none"),
         pair_form,
     )
     torch.testing.assert_close(target_form, expected, rtol=1e-5, atol=1e-5)

@@ -84,40 +84,88 @@ def _cases():
     vc_top = {"num_bins": 15, "binning_scheme": vc.utils.get_equal_prob_bins, "mode": "top-label"}
     return [
         *[
-            (f"ece-{norm}", lambda norm=norm: CalibrationError(15, norm),
-             lambda z, y, norm=norm: calibration_error(z, y, 15, norm),
-             lambda p, y, norm=norm: multiclass_calibration_error(p, y, C, n_bins=15, norm=norm), None)
+            (
+                f"ece-{norm}",
+                lambda norm=norm: CalibrationError(15, norm),
+                lambda z, y, norm=norm: calibration_error(z, y, 15, norm),
+                lambda p, y, norm=norm: multiclass_calibration_error(p, y, C, n_bins=15, norm=norm),
+                None,
+            )
             for norm in ("l1", "l2", "max")
         ],
-        ("adaece", lambda: CalibrationError(15, binning="quantile"),
-         lambda z, y: calibration_error(z, y, 15, binning="quantile"),
-         lambda p, y: vc.get_ece_em(p.numpy(), y.numpy(), num_bins=15), 2e-3),
-        ("debiased-rmsce", lambda: CalibrationError(15, "l2", debias=True),
-         lambda z, y: calibration_error(z, y, 15, "l2", debias=True),
-         lambda p, y: vc.lower_bound_scaling_ce(p.numpy(), y.numpy(), p=2, debias=True, **vc_top), None),
+        (
+            "adaece",
+            lambda: CalibrationError(15, binning="quantile"),
+            lambda z, y: calibration_error(z, y, 15, binning="quantile"),
+            lambda p, y: vc.get_ece_em(p.numpy(), y.numpy(), num_bins=15),
+            2e-3,
+        ),
+        (
+            "debiased-rmsce",
+            lambda: CalibrationError(15, "l2", debias=True),
+            lambda z, y: calibration_error(z, y, 15, "l2", debias=True),
+            lambda p, y: vc.lower_bound_scaling_ce(p.numpy(), y.numpy(), p=2, debias=True, **vc_top),
+            None,
+        ),
         *[
-            (f"classwise-{norm}", lambda norm=norm: CalibrationError(15, norm, kind="classwise", num_classes=C),
-             lambda z, y, norm=norm: calibration_error(z, y, 15, norm, kind="classwise"),
-             lambda p, y, norm=norm: _classwise_reference(p, y, norm), None)
+            (
+                f"classwise-{norm}",
+                lambda norm=norm: CalibrationError(15, norm, kind="classwise", num_classes=C),
+                lambda z, y, norm=norm: calibration_error(z, y, 15, norm, kind="classwise"),
+                lambda p, y, norm=norm: _classwise_reference(p, y, norm),
+                None,
+            )
             for norm in ("l1", "l2")
         ],
-        ("marginal-debiased", lambda: CalibrationError(
-            15, "l2", binning="quantile", kind="marginal", debias=True, num_classes=C),
-         lambda z, y: calibration_error(z, y, 15, "l2", binning="quantile", kind="marginal", debias=True),
-         lambda p, y: vc.get_calibration_error(p.numpy(), y.numpy()), 3e-3),
-        ("overconfidence", lambda: OverconfidenceError(15), lambda z, y: overconfidence_error(z, y, 15),
-         lambda p, y: _numpy_confidence_error(p, y, True), None),
-        ("underconfidence", lambda: UnderconfidenceError(15), lambda z, y: underconfidence_error(z, y, 15),
-         lambda p, y: _numpy_confidence_error(p, y, False), None),
-        ("reliability", lambda: ReliabilityDiagram(15), lambda z, y: reliability_diagram(z, y, 15),
-         _numpy_reliability, None),
-        ("smece", lambda: SmoothECE(), lambda z, y: smooth_ece(z, y),
-         lambda p, y: relplot.smECE(*relplot.multiclass_logits_to_confidences(p.numpy(), y.numpy(), probs=True)),
-         1e-5),
-        ("brier", lambda: BrierScore(), lambda z, y: brier_score(z, y),
-         lambda p, y: ((p - torch.nn.functional.one_hot(y, C)) ** 2).sum(-1).mean(), None),
-        ("nll", lambda: NegativeLogLikelihood(), lambda z, y: negative_log_likelihood(z, y),
-         lambda p, y: log_loss(y.numpy(), p.numpy(), labels=list(range(C))), None),
+        (
+            "marginal-debiased",
+            lambda: CalibrationError(15, "l2", binning="quantile", kind="marginal", debias=True, num_classes=C),
+            lambda z, y: calibration_error(z, y, 15, "l2", binning="quantile", kind="marginal", debias=True),
+            lambda p, y: vc.get_calibration_error(p.numpy(), y.numpy()),
+            3e-3,
+        ),
+        (
+            "overconfidence",
+            lambda: OverconfidenceError(15),
+            lambda z, y: overconfidence_error(z, y, 15),
+            lambda p, y: _numpy_confidence_error(p, y, True),
+            None,
+        ),
+        (
+            "underconfidence",
+            lambda: UnderconfidenceError(15),
+            lambda z, y: underconfidence_error(z, y, 15),
+            lambda p, y: _numpy_confidence_error(p, y, False),
+            None,
+        ),
+        (
+            "reliability",
+            lambda: ReliabilityDiagram(15),
+            lambda z, y: reliability_diagram(z, y, 15),
+            _numpy_reliability,
+            None,
+        ),
+        (
+            "smece",
+            lambda: SmoothECE(),
+            lambda z, y: smooth_ece(z, y),
+            lambda p, y: relplot.smECE(*relplot.multiclass_logits_to_confidences(p.numpy(), y.numpy(), probs=True)),
+            1e-5,
+        ),
+        (
+            "brier",
+            lambda: BrierScore(),
+            lambda z, y: brier_score(z, y),
+            lambda p, y: ((p - torch.nn.functional.one_hot(y, C)) ** 2).sum(-1).mean(),
+            None,
+        ),
+        (
+            "nll",
+            lambda: NegativeLogLikelihood(),
+            lambda z, y: negative_log_likelihood(z, y),
+            lambda p, y: log_loss(y.numpy(), p.numpy(), labels=list(range(C))),
+            None,
+        ),
     ]
 
 
@@ -154,9 +202,14 @@ def test_out_of_range_label_is_a_clear_error_in_class_and_functional(case):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: NegativeLogLikelihood(validate_args=False), lambda: BrierScore(validate_args=False),
-             lambda: CalibrationError(validate_args=False), lambda: SmoothECE(validate_args=False),
-             lambda: CalibrationError(kind="classwise", num_classes=C, validate_args=False)],
+    "make",
+    [
+        lambda: NegativeLogLikelihood(validate_args=False),
+        lambda: BrierScore(validate_args=False),
+        lambda: CalibrationError(validate_args=False),
+        lambda: SmoothECE(validate_args=False),
+        lambda: CalibrationError(kind="classwise", num_classes=C, validate_args=False),
+    ],
     ids=["nll", "brier", "ece", "smece", "classwise"],
 )
 def test_out_of_range_label_without_validation_still_names_the_problem(make):

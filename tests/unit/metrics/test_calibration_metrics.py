@@ -1,4 +1,4 @@
-"""Calibration metrics against torchmetrics, uncertainty-calibration (``calibration``), relplot and hand-worked numbers."""
+"""Calibration metrics against torchmetrics, uncertainty-calibration, relplot and hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -82,7 +82,9 @@ def test_debiased_top_label_matches_uncertainty_calibration():
     probs = logits.softmax(-1)
     p, labels = probs.numpy(), y.numpy()
     for binning, scheme in (("uniform", vc.utils.get_equal_prob_bins), ("quantile", vc.utils.get_equal_bins)):
-        expected = vc.lower_bound_scaling_ce(p, labels, p=2, debias=True, num_bins=15, binning_scheme=scheme, mode="top-label")
+        expected = vc.lower_bound_scaling_ce(
+            p, labels, p=2, debias=True, num_bins=15, binning_scheme=scheme, mode="top-label"
+        )
         got = calibration_error(probs, y, 15, "l2", binning=binning, debias=True, input="probs")
         assert float(got) == pytest.approx(expected, rel=1e-9)
 
@@ -105,13 +107,21 @@ def test_marginal_and_classwise_match_uncertainty_calibration(norm, p):
     logits, y = _data(scale=0.7, seed=3)
     probs = logits.softmax(-1)
     expected = vc.lower_bound_scaling_ce(
-        probs.numpy(), y.numpy(), p=p, debias=False, num_bins=15, binning_scheme=vc.utils.get_equal_prob_bins, mode="marginal"
+        probs.numpy(),
+        y.numpy(),
+        p=p,
+        debias=False,
+        num_bins=15,
+        binning_scheme=vc.utils.get_equal_prob_bins,
+        mode="marginal",
     )
     got = calibration_error(probs, y, 15, norm, kind="marginal", input="probs")
     assert float(got) == pytest.approx(expected, rel=1e-9)
     # classwise = per-class error averaged: equal to marginal for l1, mean of per-class roots for l2
     # one-vs-rest of class k measures p_k against [y == k]: use the positive-class semantics
-    per_class = [calibration_error(probs[:, k], (y == k).long(), 15, norm, input="probs", binary="positive") for k in range(10)]
+    per_class = [
+        calibration_error(probs[:, k], (y == k).long(), 15, norm, input="probs", binary="positive") for k in range(10)
+    ]
     got_cw = calibration_error(probs, y, 15, norm, kind="classwise", input="probs")
     assert float(got_cw) == pytest.approx(float(torch.stack(per_class).mean()), rel=1e-9)
     metric = CalibrationError(15, norm, kind="classwise", num_classes=10, input="probs")
@@ -175,7 +185,9 @@ def test_brier_and_nll_match_sklearn():
     p = probs[:, 0]
     yb = (y == 0).long()
     assert float(brier_score(p, yb, input="probs")) == pytest.approx(brier_score_loss(yb.numpy(), p.numpy()), rel=1e-6)
-    assert float(negative_log_likelihood(p, yb, input="probs")) == pytest.approx(log_loss(yb.numpy(), p.numpy()), rel=1e-6)
+    assert float(negative_log_likelihood(p, yb, input="probs")) == pytest.approx(
+        log_loss(yb.numpy(), p.numpy()), rel=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------- hand-worked

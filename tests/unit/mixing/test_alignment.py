@@ -36,8 +36,11 @@ def test_sinkhorn_matches_pot():
         cost = torch.rand(1, p, q, generator=g, dtype=torch.float64)
         plan = sinkhorn_plan(cost, eps=eps, max_iter=5000, threshold=None)[0].double()
         a, b = torch.full((p,), 1.0 / p, dtype=torch.float64), torch.full((q,), 1.0 / q, dtype=torch.float64)
-        reference = torch.as_tensor(ot.sinkhorn(a.numpy(), b.numpy(), cost[0].numpy(), eps, method="sinkhorn_log",
-                                                numItermax=5000, stopThr=1e-12))
+        reference = torch.as_tensor(
+            ot.sinkhorn(
+                a.numpy(), b.numpy(), cost[0].numpy(), eps, method="sinkhorn_log", numItermax=5000, stopThr=1e-12
+            )
+        )
         torch.testing.assert_close(plan, reference, rtol=1e-4, atol=1e-6)
 
 

@@ -31,8 +31,9 @@ def test_saliency_is_the_channel_rms_of_the_hand_derived_input_gradient():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
     dense = torch.eye(4)[y]
     torch.testing.assert_close(input_gradient_saliency(model, x, dense), expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(input_gradient_saliency(model, x, y, channel_reduce="mean_abs"), grad.abs().mean(1),
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        input_gradient_saliency(model, x, y, channel_reduce="mean_abs"), grad.abs().mean(1), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_saliency_leaves_parameter_gradients_and_the_input_alone():

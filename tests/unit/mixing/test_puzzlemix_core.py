@@ -74,8 +74,9 @@ def test_torch_local_search_stays_close_to_the_optimum_on_3x3_grids():
     unary, w_v, w_h = _random_energy(20, 3, 3, 3, seed=7)
     labels = solve_grid_torch(unary, w_v, w_h, exhaustive_limit=0)  # force the local search
     energies = grid_energy(labels, unary, w_v, w_h)
-    best = torch.tensor([brute_force(unary[i].tolist(), w_v[i].tolist(), w_h[i].tolist())[0] for i in range(20)],
-                        dtype=torch.float64)
+    best = torch.tensor(
+        [brute_force(unary[i].tolist(), w_v[i].tolist(), w_h[i].tolist())[0] for i in range(20)], dtype=torch.float64
+    )
     gap = (energies - best) / best.abs()
     assert (gap >= -1e-9).all()  # never below the optimum: the energy is evaluated consistently
     assert float(gap.mean()) < 0.02
@@ -158,7 +159,12 @@ def test_masks_are_valid_and_targets_follow_the_mixed_batch_contract(transport, 
         return
     # without transport each block is w * own + (1 - w) * partner with one w in {0, 1/2, 1}; lam = mean w
     block = 16 // block_num
-    blocks = lambda z: z.reshape(8, 3, block_num, block, block_num, block).permute(0, 2, 4, 1, 3, 5).reshape(8, block_num**2, -1)
+
+    def blocks(z):
+        return (
+            z.reshape(8, 3, block_num, block, block_num, block).permute(0, 2, 4, 1, 3, 5).reshape(8, block_num**2, -1)
+        )
+
     mixed_b, own_b, partner_b = blocks(out.inputs), blocks(x), blocks(x[out.index])
     diff = own_b - partner_b
     w = ((mixed_b - partner_b) * diff).sum(-1) / diff.square().sum(-1).clamp_min(1e-12)
