@@ -1,4 +1,4 @@
-"""Evaluation you can trust (torch + numpy, no Lightning): bootstrap intervals, paired tests,
+"""Evaluation you can trust (torch + numpy; torchmetrics for the Metric classes; no Lightning): bootstrap intervals, paired tests,
 selective prediction and ensemble diversity over stored predictions."""
 
 from lightning_mix.evaluation.bootstrap import BootstrapResult, bootstrap_ci, paired_bootstrap
@@ -14,13 +14,18 @@ from lightning_mix.evaluation.hypothesis_tests import (
     paired_ttest_5x2cv,
     paired_ttest_5x2cv_from_scores,
 )
+from lightning_mix.evaluation.metric_classes import AURC, EnsembleDiversity, ExcessAURC, SelectiveAccuracy
 from lightning_mix.evaluation.point632 import Point632Result, bootstrap_point632_error, zero_one_loss
 from lightning_mix.evaluation.selective import aurc, excess_aurc, risk_coverage_curve, selective_accuracy
 
 __all__ = [
+    "AURC",
     "BootstrapResult",
+    "EnsembleDiversity",
     "EnsembleGain",
+    "ExcessAURC",
     "Point632Result",
+    "SelectiveAccuracy",
     "aurc",
     "bootstrap_ci",
     "bootstrap_point632_error",

@@ -63,7 +63,8 @@ def _check_args(n_resamples: int, confidence_level: float, method: str) -> None:
 def _evaluate(statistic: Statistic, tensors: list[torch.Tensor], index: torch.Tensor, vectorized: bool) -> torch.Tensor:
     """Statistic of each row of ``index`` (chunk, m): one batched call, or one call per row."""
     if vectorized:
-        values = statistic(*[t[index] for t in tensors])
+        flat = index.reshape(-1)  # index_select on a flat index is several times faster than t[index] on CPU
+        values = statistic(*[t.index_select(0, flat).reshape(*index.shape, *t.shape[1:]) for t in tensors])
         if values.shape != (index.shape[0],):
             raise ValueError(
                 f"A vectorized statistic must reduce the sample dimension (dim 1) and return shape ({index.shape[0]},), "
