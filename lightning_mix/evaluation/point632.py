@@ -36,7 +36,8 @@ class Point632Result:
     ``resubstitution`` is the apparent error err-bar, ``out_of_bag`` the leave-one-out bootstrap
     error Err^(1), ``no_information`` gamma, ``relative_overfitting`` R and ``weight`` w in
     ``error = (1 - w) * resubstitution + w * out_of_bag``. With ``aggregate="per_split"`` the
-    parts are means over splits and ``per_split`` holds each split's estimate.
+    parts are means over splits and ``per_split`` holds each split's estimate. ``no_information``
+    is NaN unless ``method=".632+"`` (only .632+ needs it).
     """
 
     error: float
@@ -98,7 +99,9 @@ def bootstrap_point632_error(
             whole data, Err^(1) as the mean over samples of each sample's mean out-of-bag loss,
             then one combination. ``"per_split"`` combines within each split (the split's own fit
             gives the resubstitution error on all n rows and gamma) and averages the split
-            estimates, as Raschka (2018, sec. 2.4) and mlxtend's ``bootstrap_point632_score`` do.
+            estimates, as Raschka (2018, sec. 2.4) and mlxtend's ``bootstrap_point632_score`` do
+            (Efron and Tibshirani's caps, R in [0, 1] and Err^(1) <= gamma, apply in both forms;
+            mlxtend applies none, so the two agree whenever a split needs no cap).
         split_indices: optional ``(n_splits, n)`` long tensor of bootstrap rows to use instead of
             drawing them (to reproduce another tool's splits).
 

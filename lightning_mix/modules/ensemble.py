@@ -44,6 +44,11 @@ class Ensemble(pl.LightningModule):
     ``trainer.predict`` then use them. ``val/*`` metrics are logged with the values fitted on that
     same data, so they are optimistic; use the test split to judge.
 
+    The fitted ``weights`` and ``temperature`` are buffers, so they travel in the ensemble's own
+    checkpoint (which holds all members' weights too). An ensemble built from ``checkpoints``
+    reloads with ``Ensemble.load_from_checkpoint(path)``; one built from ``members`` needs them
+    again: ``Ensemble.load_from_checkpoint(path, members=[...])``.
+
     Batches are ``(inputs, labels, ...)`` like the demos'. ``test_step``/``validation_step``
     return ``{"logits": ..., "loss": ...}`` where ``logits`` are the (scaled) log-probabilities of
     the ensemble, so calibration callbacks read them; ``predict_step`` returns probabilities.

@@ -101,7 +101,7 @@ def test_members_from_checkpoints_stay_frozen_in_eval_mode(tmp_path):
         )
         paths.append(str(tmp_path / f"m{seed}.ckpt"))
         trainer.save_checkpoint(paths[-1])
-    ensemble = Ensemble(checkpoints=paths, member_class="lightning_mix.demos.SmallCNN")
+    ensemble = Ensemble(checkpoints=paths, member_class="lightning_mix.demos.SmallCNN", weighting="nll")
     ensemble.train()
     assert all(not m.training for m in ensemble.members)
     assert not any(p.requires_grad for p in ensemble.parameters())
@@ -109,6 +109,15 @@ def test_members_from_checkpoints_stay_frozen_in_eval_mode(tmp_path):
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(ensemble.member_log_probs(x)[1], loaded(x).log_softmax(-1), atol=1e-6)
+
+    # the fitted weights travel in the ensemble's own checkpoint
+    trainer = _trainer()
+    images, labels = torch.randn(48, 1, 28, 28), torch.randint(0, 10, (48,))
+    trainer.validate(ensemble, dataloaders=_loader(images, labels), verbose=False)
+    trainer.save_checkpoint(tmp_path / "ensemble.ckpt")
+    reloaded = Ensemble.load_from_checkpoint(tmp_path / "ensemble.ckpt", map_location="cpu")
+    assert not torch.allclose(ensemble.weights, torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.equal(reloaded.weights, ensemble.weights)
 
 
 def test_bad_configuration_is_named():
