@@ -74,6 +74,13 @@ def run_cli(args: list[str] | None = None) -> LightningMixCLI | None:
         command = merge_cli.merge_main if args[0] == "merge" else merge_cli.soup_main
         command(args[1:])
         return None
+    # --- compare: runs methods over seeds and compares their test predictions (lightning_mix/cli/compare.py) ---
+    if args and args[0] == "compare":
+        from lightning_mix.cli import compare as compare_cli
+
+        compare_cli.main(args[1:])
+        return None
+    # --- end compare ---
     import lightning_mix.callbacks  # noqa: F401  (registers our callbacks for short class names)
     import lightning_mix.demos  # noqa: F401
 

@@ -204,6 +204,7 @@ def paired_bootstrap(
     vectorized: bool = True,
     jackknife_groups: int | None = None,
     max_chunk_elements: int = 2**24,
+    metric_b: Statistic | None = None,
 ) -> BootstrapResult:
     """Paired bootstrap of ``metric(preds_a, target) - metric(preds_b, target)`` on one test set.
 
@@ -212,11 +213,14 @@ def paired_bootstrap(
     follows ``statistic`` in :func:`bootstrap_ci` (vectorised: ``(chunk, n, ...)`` in,
     ``(chunk,)`` out). ``p_value`` is the two-sided bootstrap p-value for "no difference":
     ``min(1, 2 * min(P*(d <= 0), P*(d >= 0)))`` over the replicates, i.e. the smallest
-    ``1 - confidence_level`` at which the percentile interval excludes 0.
+    ``1 - confidence_level`` at which the percentile interval excludes 0. ``metric_b``, when
+    given, scores ``preds_b`` instead of ``metric`` (for a metric with a per-model setting, such
+    as a bandwidth chosen on each model's full predictions).
     """
+    score_b = metric if metric_b is None else metric_b
 
     def difference(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(metric(a, t)) - torch.as_tensor(metric(b, t))
+        return torch.as_tensor(metric(a, t)) - torch.as_tensor(score_b(b, t))
 
     if preds_a.shape != preds_b.shape:
         raise ValueError(

@@ -48,6 +48,7 @@ def _trainer():
     return pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
 
 
+@pytest.mark.slow
 def test_validate_fits_weights_and_temperature_then_test_and_predict_use_them():
     x, y, members = _data()
     ensemble = Ensemble(members=members, weighting="nll", temperature_scaling=True)
@@ -81,6 +82,7 @@ def test_uniform_ensemble_averages_probabilities_and_fits_nothing():
         assert torch.allclose(ensemble(x).exp(), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_members_from_checkpoints_stay_frozen_in_eval_mode(tmp_path):
     paths = []
     for seed in (0, 1):
