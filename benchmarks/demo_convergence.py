@@ -48,9 +48,10 @@ def main() -> None:
     )
     data = MNIST5kDataModule(random_shift=args.random_shift)
     start = time.perf_counter()
-    trainer.fit(SmallCNN(), datamodule=data)
+    model = SmallCNN()
+    trainer.fit(model, datamodule=data)
     fit_seconds = time.perf_counter() - start
-    result = trainer.test(datamodule=data, ckpt_path=None, verbose=False)[0]
+    result = trainer.test(model, datamodule=data, verbose=False)[0]
     print(
         f"epochs={args.epochs} seed={args.seed} random_shift={args.random_shift} "
         f"test/acc={result['test/acc']:.4f} test/nll={result['test/nll']:.4f} fit_seconds={fit_seconds:.0f}",
