@@ -19,6 +19,8 @@ each method and metric (accuracy, NLL, ECE with 15 equal-width bins, smECE, Brie
 over seeds with a percentile bootstrap interval over test samples (the same resampled rows for
 every seed), and for each method against the baseline the paired bootstrap of the difference, its
 p-value and the Holm-adjusted p-value (over the methods compared with the baseline, per metric).
+smECE's resamples reuse the bandwidth each seed's full test predictions select (the estimate is
+exact).
 The module's ``predict_step`` must return class probabilities ``(B, C)``, and the predict
 batches must be ``(inputs, labels, ...)``.
 """
