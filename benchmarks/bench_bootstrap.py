@@ -83,7 +83,9 @@ def main() -> None:
     for which in ("lightning_mix", "scipy"):
         cmd = [sys.executable, __file__, "--child", which, "--n", str(args.n), "--resamples", str(args.resamples)]
         cmd += ["--scipy-batch", str(args.scipy_batch)]
-        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
         label = which if which == "lightning_mix" else f"scipy.stats.bootstrap (batch={args.scipy_batch})"
         print(f"| {label} | {out['seconds']:.1f} | {out['peak_mib']:.0f} | [{out['low']:.5f}, {out['high']:.5f}] |")
 

@@ -15,6 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
+__all__ = [
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "DiabetesDataModule",
+    "MNIST5kDataModule",
+    "RandomShiftDataset",
+    "embedded_data_path",
+    "symmetric_label_noise",
+]
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
