@@ -49,10 +49,10 @@ API_PACKAGES = {
     "averaging": False,
     "merging": False,
     "checkpoint_io": False,
-    "evaluation": True,
+    "evaluation": False,
     "callbacks": False,
     "mixins": False,
-    "modules": True,
+    "modules": False,
     "demos": False,
     "cli": False,
 }

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("lightning_mix.cli.lightning", "run prediction (LightningCLI)"),
     "merge": ("lightning_mix.cli.merge", "merge checkpoints of one architecture (TIES, DARE, ...)"),
     "soup": ("lightning_mix.cli.soup", "average checkpoints of separate runs into a model soup"),
+    "compare": ("lightning_mix.cli.compare", "run methods over seeds and compare them with intervals and paired tests"),
 }
 _LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -1,7 +1,20 @@
 """Embedded data sets and small models for examples, tests and benchmarks (like ``lightning.pytorch.demos``)."""
 
-from lightning_mix.demos.data_modules import DiabetesDataModule, MNIST5kDataModule, embedded_data_path
+from lightning_mix.demos.data_modules import (
+    DiabetesDataModule,
+    MNIST5kDataModule,
+    RandomShiftDataset,
+    embedded_data_path,
+)
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
 from lightning_mix.demos.vit import TinyViT
 
-__all__ = ["DiabetesDataModule", "MLPRegressor", "MNIST5kDataModule", "SmallCNN", "TinyViT", "embedded_data_path"]
+__all__ = [
+    "DiabetesDataModule",
+    "MLPRegressor",
+    "MNIST5kDataModule",
+    "RandomShiftDataset",
+    "SmallCNN",
+    "TinyViT",
+    "embedded_data_path",
+]

@@ -12,7 +12,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms import v2
+
+__all__ = [
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "DiabetesDataModule",
+    "MNIST5kDataModule",
+    "RandomShiftDataset",
+    "embedded_data_path",
+    "symmetric_label_noise",
+]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -43,17 +54,35 @@ def symmetric_label_noise(labels: torch.Tensor, rate: float, num_classes: int, s
     return noisy
 
 
+class RandomShiftDataset(Dataset):
+    """Images ``(N, 1, H, W)`` and labels; each access shifts the image by up to ``max_shift`` pixels
+    in each direction (``torchvision.transforms.v2.RandomCrop`` with that padding), filling the
+    uncovered border with ``fill`` (the background value). Items are ``(image, label)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, max_shift: int, fill: float) -> None:
+        if max_shift < 1:
+            raise ValueError(f"max_shift must be at least 1 pixel, got {max_shift}.")
+        self.images, self.labels = images, labels
+        self.transform = v2.RandomCrop(size=tuple(images.shape[-2:]), padding=max_shift, fill=fill)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
 class _SplitDataModule(pl.LightningDataModule):
     """Loaders over the ``train_set``/``val_set``/``test_set`` a subclass builds in ``setup``
     (predict uses the test split); ``batch_size`` and ``num_workers`` are set by the subclass."""
 
     batch_size: int
     num_workers: int
-    train_set: TensorDataset | None
+    train_set: Dataset | None
     val_set: TensorDataset | None
     test_set: TensorDataset | None
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
@@ -76,7 +105,11 @@ class MNIST5kDataModule(_SplitDataModule):
     the same split. Images are scaled to [0, 1] and normalised with MNIST's mean and std
     (``normalize=False`` keeps them in [0, 1]). ``label_noise`` flips that fraction of the
     *training* labels to another class (validation and test stay clean), which makes the
-    calibration effects of mixing visible on an otherwise easy data set.
+    calibration effects of mixing visible on an otherwise easy data set. ``random_shift`` (default 2)
+    shifts each *training* image by up to that many pixels in each direction, a fresh draw at every
+    access (:class:`RandomShiftDataset`: ``torchvision.transforms.v2.RandomCrop`` with that padding,
+    filled with the background value; 0 turns it off); validation and test images are never
+    shifted. The draws come from torch's global generator, so ``seed_everything`` fixes them.
 
     Batches are lists ``[images (B, 1, 28, 28) float32, labels (B,) int64]``, which mixing
     callbacks can change in place.
@@ -92,10 +125,14 @@ class MNIST5kDataModule(_SplitDataModule):
         normalize: bool = True,
         num_workers: int = 0,
         data_path: str | None = None,
+        random_shift: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if random_shift < 0:
+            raise ValueError(f"random_shift must be a number of pixels >= 0 (0 turns it off), got {random_shift}.")
         self.batch_size = batch_size
+        self.random_shift = random_shift
         self.label_noise = label_noise
         self.seed = seed
         self.normalize = normalize
@@ -117,7 +154,11 @@ class MNIST5kDataModule(_SplitDataModule):
         train_y, val_y, test_y = labels[:3500], labels[3500:4000], labels[4000:5000]
         if self.label_noise > 0:
             train_y = symmetric_label_noise(train_y, self.label_noise, self.num_classes, self.seed + 1)
-        self.train_set = TensorDataset(train_x, train_y)
+        if self.random_shift > 0:
+            background = -MNIST_MEAN / MNIST_STD if self.normalize else 0.0
+            self.train_set = RandomShiftDataset(train_x, train_y, self.random_shift, background)
+        else:
+            self.train_set = TensorDataset(train_x, train_y)
         self.val_set = TensorDataset(val_x, val_y)
         self.test_set = TensorDataset(test_x, test_y)
 

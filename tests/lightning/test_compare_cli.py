@@ -1,0 +1,92 @@
+"""`lightning-mix compare`: the table's numbers, the stored runs, resuming, and bad arguments."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from lightning_mix.cli import compare, main
+from lightning_mix.evaluation import aurc
+from lightning_mix.metrics.functional import calibration_error
+
+
+def _probs(seed: int, strength: float, seeds: int = 2, n: int = 300, c: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(99))
+    logits = torch.randn(seeds, n, c, generator=g) + strength * torch.nn.functional.one_hot(labels, c)
+    return logits.softmax(-1), labels
+
+
+@pytest.mark.slow
+def test_table_values_are_seed_means_and_paired_differences():
+    base, labels = _probs(0, 1.0)
+    better, _ = _probs(1, 3.0)
+    rows = compare.compare_predictions({"base": (base, labels), "better": (better, labels)}, "base", n_resamples=60)
+    cell = {(r["method"], r["metric"]): r for r in rows}
+    for name, probs in (("base", base), ("better", better)):
+        acc = (probs.argmax(-1) == labels).double().mean()
+        assert cell[name, "accuracy"]["estimate"] == pytest.approx(float(acc))
+        ece = torch.stack([calibration_error(p, labels, input="probs") for p in probs]).double().mean()
+        assert cell[name, "ece"]["estimate"] == pytest.approx(float(ece), rel=1e-6)
+        conf, pred = probs.max(-1)
+        aurcs = torch.stack([aurc(cf, (pr != labels).double()) for cf, pr in zip(conf, pred)]).mean()
+        assert cell[name, "aurc"]["estimate"] == pytest.approx(float(aurcs))
+        for metric in compare.METRICS:  # (a binned ECE's bootstrap is biased upwards: the estimate may lie below)
+            assert cell[name, metric]["low"] < cell[name, metric]["high"]
+    for metric in compare.METRICS:
+        row = cell["better", metric]
+        assert row["diff"] == pytest.approx(row["estimate"] - cell["base", metric]["estimate"])
+        assert row["p_holm"] >= row["p_value"]
+        assert "diff" not in cell["base", metric]
+    assert cell["better", "accuracy"]["diff_low"] > 0 and cell["better", "accuracy"]["p_value"] < 0.01
+    assert cell["better", "nll"]["diff_high"] < 0
+
+
+@pytest.mark.slow
+def test_compare_runs_stores_resumes_and_writes_tables(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "trainer:\n  accelerator: cpu\n  max_epochs: 1\n  limit_train_batches: 2\n  limit_val_batches: 1\n"
+        "  logger: false\n  enable_checkpointing: false\n  enable_progress_bar: false\n  enable_model_summary: false\n"
+        "model:\n  class_path: lightning_mix.demos.SmallCNN\n  init_args:\n    width: 4\n"
+        "data:\n  class_path: lightning_mix.demos.MNIST5kDataModule\n  init_args:\n    batch_size: 64\n"
+    )
+    faster = tmp_path / "faster.yaml"
+    faster.write_text("model:\n  init_args:\n    lr: 0.01\n")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--config", str(base), "--method", "erm", "--method", f"fast={faster}", "--seeds", "0", "1"]
+    argv += ["--output", str(out), "--n-resamples", "20", "--", "--trainer.limit_predict_batches", "3"]
+    main(argv)
+    first = capsys.readouterr().out
+    assert "[4/4] fast seed=1: running" in first and "| erm | 2 |" in first
+    stored = torch.load(out / "fast" / "seed=1" / "predictions.pt", weights_only=True)
+    assert stored["probs"].shape == (192, 10) and stored["labels"].shape == (192,)
+    assert torch.allclose(stored["probs"].sum(-1), torch.ones(192), atol=1e-4)
+    seed0 = torch.load(out / "fast" / "seed=0" / "predictions.pt", weights_only=True)
+    assert not torch.equal(seed0["probs"], stored["probs"])  # seeds differ
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * len(compare.METRICS) and {r["method"] for r in rows} == {"erm", "fast"}
+    assert (out / "results.md").read_text() in first
+
+    mtime = (out / "erm" / "seed=0" / "predictions.pt").stat().st_mtime_ns
+    main(argv)  # resumes: nothing is run again
+    second = capsys.readouterr().out
+    assert second.count("done before, skipped") == 4 and "running" not in second
+    assert (out / "erm" / "seed=0" / "predictions.pt").stat().st_mtime_ns == mtime
+
+
+def test_bad_arguments_are_named_before_any_run(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer: {}\n")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        compare.main(["--config", str(config), "--method", "a=missing.yaml", "--output", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="baseline"):
+        compare.main(["--config", str(config), "--method", "a", "--baseline", "b", "--output", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="unique"):
+        compare.main(["--config", str(config), "--method", "a", "--method", "a", "--output", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="plain folder name"):
+        compare.parse_method("../x=a.yaml")
+    assert not (tmp_path / "o").exists()
