@@ -57,7 +57,8 @@ def symmetric_label_noise(labels: torch.Tensor, rate: float, num_classes: int, s
 class RandomShiftDataset(Dataset):
     """Images ``(N, 1, H, W)`` and labels; each access shifts the image by up to ``max_shift`` pixels
     in each direction (``torchvision.transforms.v2.RandomCrop`` with that padding), filling the
-    uncovered border with ``fill`` (the background value). Items are ``(image, label)``."""
+    uncovered border with ``fill`` (the background value). Items are ``(image, label)``.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, max_shift: int, fill: float) -> None:
         if max_shift < 1:
@@ -74,7 +75,8 @@ class RandomShiftDataset(Dataset):
 
 class _SplitDataModule(pl.LightningDataModule):
     """Loaders over the ``train_set``/``val_set``/``test_set`` a subclass builds in ``setup``
-    (predict uses the test split); ``batch_size`` and ``num_workers`` are set by the subclass."""
+    (predict uses the test split); ``batch_size`` and ``num_workers`` are set by the subclass.
+    """
 
     batch_size: int
     num_workers: int
@@ -213,6 +215,4 @@ class DiabetesDataModule(_SplitDataModule):
         features = (features - f_mean) / f_std
         targets = (targets - self.target_mean) / self.target_std
         splits = [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, n)]
-        self.train_set, self.val_set, self.test_set = (
-            TensorDataset(features[a:b], targets[a:b]) for a, b in splits
-        )
+        self.train_set, self.val_set, self.test_set = (TensorDataset(features[a:b], targets[a:b]) for a, b in splits)

@@ -1,5 +1,8 @@
-"""Evaluation you can trust (torch + numpy; torchmetrics for the Metric classes; no Lightning): bootstrap intervals, paired tests,
-selective prediction and ensemble diversity over stored predictions."""
+"""Evaluation you can trust: bootstrap intervals, paired tests, selective prediction and diversity.
+
+All of it works over stored predictions, with torch and numpy (torchmetrics for the Metric
+classes) and no Lightning import.
+"""
 
 from lightning_mix.evaluation.bootstrap import BootstrapResult, bootstrap_ci, paired_bootstrap
 from lightning_mix.evaluation.diversity import EnsembleGain, ensemble_gain, pairwise_disagreement

@@ -67,7 +67,8 @@ def _evaluate(statistic: Statistic, tensors: list[torch.Tensor], index: torch.Te
         values = statistic(*[t.index_select(0, flat).reshape(*index.shape, *t.shape[1:]) for t in tensors])
         if values.shape != (index.shape[0],):
             raise ValueError(
-                f"A vectorized statistic must reduce the sample dimension (dim 1) and return shape ({index.shape[0]},), "
+                "A vectorized statistic must reduce the sample dimension (dim 1) and return shape "
+                f"({index.shape[0]},), "
                 f"got {tuple(values.shape)}. Pass vectorized=False for a statistic of one sample."
             )
         return values.detach().double().cpu()

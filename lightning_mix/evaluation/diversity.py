@@ -37,7 +37,8 @@ def pairwise_disagreement(member_probs: torch.Tensor) -> torch.Tensor:
 class EnsembleGain:
     """``member_loss`` (mean over members), ``ensemble_loss`` (of the averaged probabilities),
     ``gain = member_loss - ensemble_loss`` and ``ambiguity`` (mean squared distance of members to
-    the average: equal to the gain for the Brier score)."""
+    the average: equal to the gain for the Brier score).
+    """
 
     member_loss: float
     ensemble_loss: float

@@ -133,7 +133,8 @@ def _differences(scores_1: torch.Tensor, scores_2: torch.Tensor) -> tuple[torch.
     scores_1, scores_2 = torch.as_tensor(scores_1, dtype=torch.float64), torch.as_tensor(scores_2, dtype=torch.float64)
     if scores_1.shape != (5, 2) or scores_2.shape != (5, 2):
         raise ValueError(
-            f"5x2cv scores must have shape (5, 2) (replication, fold), got {tuple(scores_1.shape)} and {tuple(scores_2.shape)}."
+            "5x2cv scores must have shape (5, 2) (replication, fold), "
+            f"got {tuple(scores_1.shape)} and {tuple(scores_2.shape)}."
         )
     diff = scores_1 - scores_2
     variance = (diff - diff.mean(1, keepdim=True)).pow(2).sum(1)  # s_i^2 per replication

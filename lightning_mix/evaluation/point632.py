@@ -88,7 +88,8 @@ def bootstrap_point632_error(
     Args:
         fit_predict: ``fit_predict(train_inputs, train_targets, eval_inputs) -> predictions``:
             fits a fresh model on the training rows and predicts ``eval_inputs`` (all n rows).
-        inputs, targets: the data set; the first dimension is the sample.
+        inputs: the data set's inputs; the first dimension is the sample.
+        targets: the data set's targets, one per input row.
         n_splits: number of bootstrap samples B.
         method: ``".632+"`` (Efron and Tibshirani 1997, the default they recommend), ``".632"``
             (Efron 1983) or ``"oob"`` (the leave-one-out bootstrap error alone).

@@ -149,7 +149,8 @@ class Ensemble(pl.LightningModule):
 
     def fit_combination(self, member_log_probs: torch.Tensor, targets: torch.Tensor) -> None:
         """Fit the weights (``weighting="nll"``) and then the temperature (``temperature_scaling``) on
-        held-out ``(M, N, C)`` member log-probabilities and ``(N,)`` labels."""
+        held-out ``(M, N, C)`` member log-probabilities and ``(N,)`` labels.
+        """
         # validate runs under inference mode; the fits need autograd, and clones of inference tensors
         with torch.inference_mode(False), torch.enable_grad():
             self._fit(member_log_probs.clone(), targets.clone())

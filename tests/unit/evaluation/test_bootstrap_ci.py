@@ -69,7 +69,10 @@ def test_p_value_is_small_for_a_real_difference_and_large_for_none():
     target = torch.randint(0, 10, (2000,), generator=g)
     good = torch.where(torch.rand(2000, generator=g) < 0.95, target, (target + 1) % 10)
     bad = torch.where(torch.rand(2000, generator=g) < 0.80, target, (target + 1) % 10)
-    acc = lambda p, t: (p == t).double().mean(1)
+
+    def acc(p, t):
+        return (p == t).double().mean(1)
+
     assert paired_bootstrap(acc, good, bad, target, seed=0).p_value < 0.01
     assert paired_bootstrap(acc, good, good, target, seed=0).p_value == 1.0
 

@@ -97,7 +97,9 @@ def test_5x2cv_on_learning_rules_uses_disjoint_halves_and_detects_a_real_differe
     def majority(tx, ty, ex):
         return torch.full((len(ex),), int(ty.mode().values))
 
-    accuracy = lambda p, t: (p == t).double().mean()
+    def accuracy(p, t):
+        return (p == t).double().mean()
+
     scores = five_by_two_cv_scores(linear, majority, x, y, accuracy, seed=0)
     assert scores.shape == (5, 2, 2) and set(seen) == {(150, 150)}
     t, p_t = paired_ttest_5x2cv(linear, majority, x, y, accuracy, seed=0)
