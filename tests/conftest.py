@@ -15,6 +15,14 @@ for _folder in (_TESTS / "ddp", _TESTS / "ddp" / "scripts", _TESTS / "lightning"
 
 REPO_ROOT = _TESTS.parent
 
+from tiny_trainer import tiny_trainer as _tiny_trainer  # noqa: E402  (tests/ is on sys.path from here on)
+
+
+@pytest.fixture
+def tiny_trainer():
+    """The factory of small quiet CPU Trainers (tests/tiny_trainer.py): ``tiny_trainer(**overrides)``."""
+    return _tiny_trainer
+
 
 @pytest.fixture(autouse=True)
 def _few_threads():

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from automix_helpers import MODELS, AutoMixCNN, SAMixCNN, make_data, make_loader
 from references.automix_reference import reference_momentum
+from tiny_trainer import tiny_trainer
 from torch import nn
 
 from lightning_mix.mixing.mix_block import automix_momentum
@@ -22,17 +23,7 @@ def _loader(batch_size=8, n=32):
 
 
 def _trainer(**options):
-    settings = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    return pl.Trainer(**{**settings, **options})
+    return tiny_trainer(**{"max_epochs": None, "limit_val_batches": 0, **options})
 
 
 @pytest.mark.parametrize("method", sorted(MODELS))
@@ -94,7 +85,7 @@ def test_constant_mask_gives_mixups_loss_at_that_lam(method):
     expected_block = _mixup_loss(reference, x, y, out["index_mb"], lam_mb)  # train-mode BN: same weights, same output
     torch.testing.assert_close(out["mix_loss"], expected_mix, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["clean_loss"], expected_clean, rtol=1e-5, atol=1e-6)
-    assert float(out["mask_loss"]) == 0.0  # the mask's mean is exactly 1 - lam
+    assert abs(float(out["mask_loss"])) < 1e-12  # the mask's mean is 1 - lam (to float rounding)
     torch.testing.assert_close(out["loss"], out["mix_loss"] + out["clean_loss"] + out["block_loss"], rtol=1e-6, atol=0)
     torch.testing.assert_close(out["block_loss"], expected_block, rtol=1e-5, atol=1e-6)
 
@@ -256,39 +247,6 @@ def test_errors_name_the_problem():
     model.automix_feature_layer = "automix_block.query"  # a layer the network's forward never runs
     with pytest.raises(RuntimeError, match="never ran the feature layer"):
         model.automix_features(torch.randn(2, 1, 28, 28))
-
-
-@pytest.mark.slow
-def test_ddp_ranks_agree_draw_differently_and_resume_exactly(tmp_path):
-    """Two 2-process DDP launches (tests/ddp/scripts/automix_ddp.py): straight 4 steps, then resumed from step 2,
-    for AutoMix and SAMix."""
-    from ddp_utils import run_ddp_script
-
-    ckpt, straight_dir, resumed_dir = tmp_path / "ckpt", tmp_path / "straight", tmp_path / "resumed"
-    for folder in (ckpt, straight_dir, resumed_dir):
-        folder.mkdir()
-    s0_all, s1_all = run_ddp_script("automix_ddp.py", straight_dir, "straight", str(ckpt))
-    r0_all, r1_all = run_ddp_script("automix_ddp.py", resumed_dir, "resume", str(ckpt))
-    for method in ("automix", "samix"):
-        s0, s1, r0, r1 = s0_all[method], s1_all[method], r0_all[method], r1_all[method]
-        params = s0["param_names"]
-        assert any(n.startswith("automix_block.") for n in params)
-        for name in params:  # DDP kept the classifier, the Mix Block and the momentum copy equal on both ranks
-            torch.testing.assert_close(s0["state"][name], s1["state"][name], rtol=0, atol=0)
-            if not name.startswith("automix_block."):
-                torch.testing.assert_close(s0["momentum"][name], s1["momentum"][name], rtol=0, atol=0)
-        assert s0["counter"] == s1["counter"] == 4
-        assert not torch.equal(s0["next_index"], s1["next_index"]) or not torch.equal(s0["next_lam"], s1["next_lam"])
-        for straight, resumed in ((s0, r0), (s1, r1)):
-            for name, value in straight["state"].items():
-                torch.testing.assert_close(value, resumed["state"][name], rtol=0, atol=0, msg=f"{method} {name}")
-            for name in params:
-                if not name.startswith("automix_block."):
-                    torch.testing.assert_close(straight["momentum"][name], resumed["momentum"][name], rtol=0, atol=0)
-            for key, moments in straight["optimizer"].items():
-                for moment, value in moments.items():
-                    torch.testing.assert_close(value, resumed["optimizer"][key][moment], rtol=0, atol=0)
-            assert torch.equal(straight["next_index"], resumed["next_index"])
 
 
 def test_ema_callback_averages_the_mix_block_with_the_classifier_but_not_the_momentum_copy():

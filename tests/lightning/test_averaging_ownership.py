@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ema_common import TinyBN, float_state
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny_trainer import tiny_trainer
 
 from lightning_mix.callbacks import EMA, SWA
 
@@ -24,19 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    defaults.update(kwargs)
-    return Trainer(callbacks=callbacks, **defaults)
+    return tiny_trainer(callbacks=callbacks, **{"max_epochs": 2, "default_root_dir": tmp_path, **kwargs})
 
 
 class TinyBNWithTest(TinyBN):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tiny_trainer import tiny_trainer
 
 from lightning_mix.callbacks.calibration_monitor import (
     AVAILABLE_METRICS,
@@ -20,19 +20,9 @@ from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
 
 def _trainer(tmp_path, loggers, monitor):
-    return pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        limit_test_batches=3,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=1,
-        logger=loggers,
-        callbacks=[monitor],
-        default_root_dir=tmp_path,
-    )
+    limits = {"limit_train_batches": 2, "limit_val_batches": 2, "limit_test_batches": 3}
+    options = {"accelerator": "auto", "devices": "auto", "num_sanity_val_steps": 1, **limits}
+    return tiny_trainer(logger=loggers, callbacks=[monitor], default_root_dir=tmp_path, **options)
 
 
 @torch.no_grad()

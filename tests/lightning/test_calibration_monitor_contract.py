@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
+from tiny_trainer import tiny_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks import CalibrationMonitor
@@ -47,17 +48,8 @@ class Tiny(pl.LightningModule):
 
 
 def _trainer(tmp_path, monitor, logger=False):
-    return pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        logger=logger,
-        callbacks=[monitor],
-        default_root_dir=tmp_path,
-    )
+    options = {"accelerator": "auto", "devices": "auto", "limit_train_batches": 2}
+    return tiny_trainer(logger=logger, callbacks=[monitor], default_root_dir=tmp_path, **options)
 
 
 def test_several_validation_loaders_get_their_own_metrics(tmp_path):

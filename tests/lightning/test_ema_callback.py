@@ -7,6 +7,7 @@ import torch
 from ema_common import TinyBN, float_state
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny_trainer import tiny_trainer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lightning_mix.callbacks.ema import EMA
@@ -15,19 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    defaults.update(kwargs)
-    return Trainer(callbacks=callbacks, **defaults)
+    return tiny_trainer(callbacks=callbacks, **{"max_epochs": 2, "default_root_dir": tmp_path, **kwargs})
 
 
 class ReferenceEMA(Callback):
@@ -236,22 +225,6 @@ def test_invalid_arguments():
         EMA(owns_final_weights="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="update_every_n_steps"):
         EMA(update_every_n_steps=0)
-
-
-def test_ddp_ranks_end_identical(tmp_path):
-    from ddp_utils import run_ddp_script
-
-    r0, r1 = run_ddp_script("ema_ddp.py", tmp_path)
-    assert r0["num_updates"] == r1["num_updates"] == r0["global_step"] == 4  # 64 samples / 2 ranks / 16
-    for key in ("module", "ema"):  # after fit every rank has rank 0's averaged buffers
-        for name in r0[key]:
-            assert torch.equal(r0[key][name], r1[key][name]), (key, name)
-    assert len(r0["raw"]) == 8
-    for name in r0["raw"]:  # trained parameters agree (DDP); BN statistics are per rank between broadcasts
-        assert torch.equal(r0["raw"][name], r1["raw"][name]), name
-    for name, value in r0["module"].items():
-        assert torch.equal(value, r0["ema"][name].float())  # the module holds the EMA after fit
-    assert r0["metrics"]["val/loss"] == r1["metrics"]["val/loss"]  # validated with the same (EMA) weights
 
 
 def test_sharded_strategies_raise_a_clear_error():

@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_trainer import tiny_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -45,7 +46,7 @@ def _loader(x, y):
 
 
 def _trainer():
-    return pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    return tiny_trainer(devices="auto", enable_checkpointing=True, num_sanity_val_steps=2, max_epochs=None)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from ddp_utils import run_ddp_script
 from mixing_callback_helpers import (
     NUM_CLASSES,
     DictDataset,
@@ -15,6 +14,7 @@ from mixing_callback_helpers import (
     make_data,
     tuple_collate,
 )
+from tiny_trainer import tiny_trainer
 
 from lightning_mix.callbacks import MixingCallback
 from lightning_mix.mixing import Mixup, dense_targets
@@ -23,17 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    return tiny_trainer(**{"num_sanity_val_steps": 2, **kwargs})
 
 
 def fit(callback, epochs: int = 1, data=None, model=None, **trainer_kwargs) -> RecordingClassifier:
@@ -167,11 +157,3 @@ def test_bf16_mixed_precision_run_mixes():
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.sum(-1), torch.ones(16))
     assert len(recorder.lams) == 4
-
-
-def test_ddp_ranks_draw_different_lam(tmp_path):
-    rank0, rank1 = run_ddp_script("mixing_callback_ddp.py", tmp_path)
-    assert len(rank0["lams"]) == len(rank1["lams"]) > 0
-    assert not torch.allclose(rank0["lams"][0], rank1["lams"][0])
-    for targets in rank0["targets"] + rank1["targets"]:
-        torch.testing.assert_close(targets.sum(-1), torch.ones(targets.shape[0]))

@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from mixing_callback_helpers import NUM_CLASSES, RecordingClassifier, loader, make_data
+from tiny_trainer import tiny_trainer
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -17,16 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def trainer(callbacks, epochs: int = 1) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    return tiny_trainer(max_epochs=epochs, num_sanity_val_steps=2, callbacks=callbacks)
 
 
 class RankTiny(RankMixupMixin, pl.LightningModule):

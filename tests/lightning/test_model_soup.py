@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from soup_common import SoupData, SoupNet
+from tiny_trainer import tiny_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.averaging import load_ingredient, recalibrate_batchnorm, uniform_soup
@@ -21,18 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, callbacks, max_epochs=4, **kwargs):
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        accelerator="cpu",
-        devices=1,
-        **kwargs,
-    )
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    options = {"num_sanity_val_steps": 2, "enable_checkpointing": checkpointing, **kwargs}
+    return tiny_trainer(max_epochs=max_epochs, callbacks=callbacks, default_root_dir=str(tmp_path), **options)
 
 
 def _validate(model, tmp_path, **kwargs):

@@ -6,22 +6,15 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from puzzlemix_helpers import NUM_CLASSES, TinyCNN, grad_snapshot, image_data
+from tiny_trainer import tiny_trainer
 from torch.utils.data import DataLoader
 
 from lightning_mix.callbacks import PuzzleMix
 
 
 def _trainer(callbacks, steps=2, **options):
-    settings = {
-        "accelerator": "cpu",
-        "max_steps": steps,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "limit_val_batches": 0,
-    }
-    return pl.Trainer(callbacks=callbacks, **{**settings, **options})
+    settings = {"max_epochs": None, "max_steps": steps, "limit_val_batches": 0, "devices": "auto"}
+    return tiny_trainer(callbacks=callbacks, **{**settings, **options})
 
 
 def test_training_step_receives_the_mix_and_parameter_gradients_are_untouched():

@@ -7,6 +7,7 @@ import torch
 from ema_common import N_TRAIN, TinyBN, float_state
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny_trainer import tiny_trainer
 
 from lightning_mix.callbacks.swa import SWA
 
@@ -14,19 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    defaults.update(kwargs)
-    return Trainer(callbacks=callbacks, **defaults)
+    return tiny_trainer(callbacks=callbacks, **{"max_epochs": 4, "default_root_dir": tmp_path, **kwargs})
 
 
 class Snapshots(Callback):
@@ -168,19 +157,6 @@ def test_whole_batch_and_custom_forward(tmp_path):
     _trainer(tmp_path, [SWA(start_epoch=0, bn_forward=feed)], max_epochs=1, limit_train_batches=2).fit(model)
     assert calls == [["x", "y"], ["x", "y"]]  # limit_train_batches respected, whole dict batch passed
     assert N_TRAIN > 2 * model.batch_size
-
-
-def test_ddp_identical_weights_and_pooled_bn(tmp_path):
-    from ddp_utils import run_ddp_script
-
-    r0, r1 = run_ddp_script("swa_ddp.py", tmp_path)
-    assert r0["num_averaged"] == r1["num_averaged"] == 2
-    for name in r0["module"]:
-        assert torch.equal(r0["module"][name], r1["module"][name]), name
-    # each rank saw half the data; the pooled statistics are those of all of it
-    x = r0["train_x"].double()
-    assert torch.allclose(r0["module"]["bn_in.running_mean"].double(), x.mean(0), atol=1e-5)
-    assert torch.allclose(r0["module"]["bn_in.running_var"].double(), x.var(0, unbiased=True), atol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
+from tiny_trainer import tiny_trainer
 
 from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
@@ -68,19 +69,9 @@ def test_scaling_keeps_accuracy_and_lowers_ece():
 
 
 def _trainer(tmp_path, callbacks, **kwargs):
-    return pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        limit_test_batches=2,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+    limits = {"limit_train_batches": 3, "limit_val_batches": 2, "limit_test_batches": 2}
+    options = {"logger": None, "accelerator": "auto", "devices": "auto", **limits, **kwargs}
+    return tiny_trainer(default_root_dir=tmp_path, callbacks=callbacks, **options)
 
 
 @torch.no_grad()

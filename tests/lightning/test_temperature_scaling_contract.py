@@ -7,6 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_trainer import tiny_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks import EMA
@@ -65,18 +66,8 @@ class Linear(pl.LightningModule):
 
 
 def _trainer(tmp_path, callbacks, **kwargs):
-    return pl.Trainer(
-        max_epochs=2,
-        limit_train_batches=4,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+    options = {"accelerator": "auto", "devices": "auto", "max_epochs": 2, "limit_train_batches": 4, **kwargs}
+    return tiny_trainer(default_root_dir=tmp_path, callbacks=callbacks, **options)
 
 
 @torch.no_grad()

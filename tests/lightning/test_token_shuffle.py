@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from tiny_trainer import tiny_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from vit_callback_helpers import NUM_CLASSES, make_data
@@ -15,16 +16,8 @@ from lightning_mix.demos import TinyViT
 
 
 def trainer(callbacks, steps=1, **kwargs):
-    return pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **kwargs,
-    )
+    options = {"max_epochs": None, "max_steps": steps, "devices": "auto", "num_sanity_val_steps": 2, **kwargs}
+    return tiny_trainer(callbacks=callbacks, **options)
 
 
 class CumSum(nn.Module):

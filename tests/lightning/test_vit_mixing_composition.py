@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from tiny_trainer import tiny_trainer
 from torch.utils.data import DataLoader
 from vit_callback_helpers import NUM_CLASSES, LastMixed, OriginalBatch, RecordingViT, make_data
 
@@ -14,16 +14,8 @@ from lightning_mix.mixing.patch_grid import PatchCutMix
 
 
 def _trainer(callbacks, **kwargs):
-    defaults = {
-        "accelerator": "cpu",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "callbacks": callbacks,
-    }
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    defaults = {"max_epochs": None, "devices": "auto", "num_sanity_val_steps": 2, "callbacks": callbacks}
+    return tiny_trainer(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize(
