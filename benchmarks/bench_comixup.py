@@ -1,6 +1,8 @@
 """Co-Mixup's step time against ERM and CutMix on SmallCNN / MNIST5k, and its split (saliency pass, solver).
 
-Run with one thread: ``OMP_NUM_THREADS=1 python benchmarks/bench_comixup.py --repeats 5``.
+Run with one thread: ``OMP_NUM_THREADS=1 python benchmarks/bench_comixup.py --part steps --repeats 5``;
+``--part gap`` measures the solver's objective against a brute-force search on tiny instances
+(the brute force of ``tests/references/comixup_authors.py``).
 Times are CPU seconds of this process (``time.process_time``), so other jobs on the machine do not
 inflate them; contenders run interleaved round-robin. Results are written to
 ``docs/benchmarks/saliency_mixing.md`` by hand.
@@ -11,14 +13,16 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import CutMix, dense_targets
-from lightning_mix.mixing.comixup import CoMixer
+from lightning_mix.mixing.comixup import CoMixer, comixup_objective, solve_comixup
 from lightning_mix.mixing.input_saliency import input_gradient_saliency
 
 
@@ -42,10 +46,36 @@ def measure(contenders: dict, repeats: int, warmup: int = 1) -> dict:
     return {name: (min(v), statistics.median(v)) for name, v in times.items()}
 
 
+def part_gap() -> None:
+    """Solver objective minus the brute-force one-hot optimum, over sum |cost|, on 2x2 grids."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "references"))
+    from comixup_authors import brute_force_minimum
+
+    g = torch.Generator().manual_seed(123)
+    beta, gamma = 1.0, 0.5
+    print("| inputs = outputs | instances | above the optimum | max excess / sum abs cost | mean | min |")
+    print("|---|---|---|---|---|---|")
+    for n_inputs, trials in ((2, 40), (3, 12)):
+        excess = []
+        for _ in range(trials):
+            cost = torch.randn(n_inputs, 2, 2, generator=g) * 0.5
+            eye = torch.eye(n_inputs)[None]
+            masks = solve_comixup(cost[None], eye, beta, gamma, thres=0.0, generator=g)
+            ours = comixup_objective(cost[None], masks, beta / 4, gamma / 4).item()
+            best = brute_force_minimum(cost, beta / 4, gamma / 4, n_inputs)
+            excess.append((ours - best) / cost.abs().sum().item())
+        e = torch.tensor(excess)
+        print(f"| {n_inputs} | {trials} | {int((e > 1e-6).sum())} | {e.max():.3f} | {e.mean():.4f} | {e.min():.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=("steps", "gap"), default="steps")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.part == "gap":
+        part_gap()
+        return
     torch.manual_seed(0)
     x, t = _batch()
     model = SmallCNN(width=32)
