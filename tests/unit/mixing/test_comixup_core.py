@@ -124,3 +124,15 @@ def test_bad_inputs_raise_clear_errors():
         CoMixer(thres_type="linear")
     with pytest.raises(ValueError, match="omega must lie in"):
         CoMixer(omega=2.0)
+
+
+def test_a_lone_last_sample_is_kept_and_partitions_cover_the_batch():
+    mixer = CoMixer(part_size=4)
+    assert mixer.partitions(9) == [(0, 2, 4), (8, 1, 1)]
+    assert mixer.partitions(3) == [(0, 1, 3)]
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.rand(9, 1, 8, 8, generator=g), torch.eye(9)
+    result = mixer(x, t, torch.rand(9, 8, 8, generator=g), g)
+    torch.testing.assert_close(result.mixed.inputs[8], x[8])
+    torch.testing.assert_close(result.weights[8], t[8])
+    assert (result.weights[:4, 4:] == 0).all() and (result.weights[4:8, :4] == 0).all()
