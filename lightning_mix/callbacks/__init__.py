@@ -1,6 +1,7 @@
 """Lightning callbacks: thin adapters that decide *when* the torch-only layers act."""
 
 from lightning_mix.callbacks.calibration_monitor import CalibrationMonitor
+from lightning_mix.callbacks.cmixup import CMixup
 from lightning_mix.callbacks.ema import EMA
 from lightning_mix.callbacks.manifold_mixup import ManifoldMixup
 from lightning_mix.callbacks.mixing import MixingCallback
@@ -11,6 +12,7 @@ from lightning_mix.callbacks.temperature_scaling import TemperatureScaling
 
 __all__ = [
     "CalibrationMonitor",
+    "CMixup",
     "EMA",
     "ManifoldMixup",
     "MixingCallback",
