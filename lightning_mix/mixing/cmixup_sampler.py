@@ -49,6 +49,28 @@ def _mix_seed(*values: int) -> int:
     return state >> 1
 
 
+def _kernel_weights(
+    anchor_labels: torch.Tensor, labels: torch.Tensor, bandwidth: float, anchor_index: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Unnormalised kernel rows (B, N) in float64, each row's maximum scaled to 1."""
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth}.")
+    y_all = labels.reshape(labels.shape[0], -1).double()
+    y_anchor = anchor_labels.reshape(anchor_labels.shape[0], -1).to(y_all)
+    if y_anchor.shape[1] != y_all.shape[1]:
+        raise ValueError(f"anchor labels have {y_anchor.shape[1]} values per row, the training labels {y_all.shape[1]}.")
+    if y_all.shape[1] == 1:  # scalar labels: a broadcast difference is cheaper than cdist
+        logits = (y_anchor - y_all.T).square_()
+    else:
+        logits = torch.cdist(y_anchor, y_all).square_()
+    logits.mul_(-0.5 / (bandwidth * bandwidth))
+    if anchor_index is not None:
+        if y_all.shape[0] < 2:
+            raise ValueError("excluding the anchor itself needs at least two training samples.")
+        logits.scatter_(1, anchor_index.view(-1, 1).to(logits.device), float("-inf"))
+    return logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+
+
 def label_kernel_rows(
     anchor_labels: torch.Tensor, labels: torch.Tensor, bandwidth: float, anchor_index: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -60,19 +82,8 @@ def label_kernel_rows(
     ``labels``) to exclude ``j = i`` instead. Computed in float64 with the row maximum subtracted,
     so a tiny bandwidth tends to the nearest label(s) and no row underflows to all zeros.
     """
-    if not bandwidth > 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth}.")
-    y_all = labels.reshape(labels.shape[0], -1).double()
-    y_anchor = anchor_labels.reshape(anchor_labels.shape[0], -1).to(y_all)
-    if y_anchor.shape[1] != y_all.shape[1]:
-        raise ValueError(f"anchor labels have {y_anchor.shape[1]} values per row, the training labels {y_all.shape[1]}.")
-    logits = torch.cdist(y_anchor, y_all).square() * (-0.5 / (bandwidth * bandwidth))
-    if anchor_index is not None:
-        if y_all.shape[0] < 2:
-            raise ValueError("excluding the anchor itself needs at least two training samples.")
-        logits.scatter_(1, anchor_index.view(-1, 1).to(logits.device), float("-inf"))
-    probs = (logits - logits.amax(dim=1, keepdim=True)).exp()
-    return probs / probs.sum(dim=1, keepdim=True)
+    weights = _kernel_weights(anchor_labels, labels, bandwidth, anchor_index)
+    return weights / weights.sum(dim=1, keepdim=True)
 
 
 class EpochPermutation(Sampler[int]):
@@ -213,10 +224,10 @@ class CMixupBatchSampler(Sampler[list[int]]):
 
     def partners(self, anchors: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         """Partner indices (B,) of ``anchors`` (B,) by inverse CDF of their kernel rows at ``uniforms`` (B,) in [0, 1)."""
-        probs = label_kernel_rows(
+        weights = _kernel_weights(
             self.labels[anchors], self.labels, self.bandwidth, anchors if self.exclude_self else None
         )
-        cdf = probs.cumsum(dim=1)
+        cdf = weights.cumsum_(dim=1)  # unnormalised: the uniforms are scaled by each row's total
         picks = torch.searchsorted(cdf, (uniforms.double() * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
         return picks.clamp_max(self.labels.shape[0] - 1)
 
