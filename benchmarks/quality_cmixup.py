@@ -53,8 +53,15 @@ def run(method: str, seed: int, epochs: int, bandwidth: float) -> float:
     model = MLPRegressor(hidden=64, depth=2, lr=3e-3)
     data, callbacks = _setup(method, seed, bandwidth)
     pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
         callbacks=callbacks,
     ).fit(model, datamodule=data)
     inner = data.datamodule if isinstance(data, CMixupDataModule) else data

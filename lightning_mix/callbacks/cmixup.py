@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -54,14 +54,14 @@ class CMixup(MixingCallbackBase):
     def __init__(
         self,
         alpha: float = 2.0,
-        stop_epoch: Optional[int] = None,
+        stop_epoch: int | None = None,
         input_key: BatchKey = 0,
         target_key: BatchKey = 1,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(None, 0.0, input_key, target_key, seed, stop_epoch, regression=True)
         self.mixer = PartnerMixup(alpha)
-        self.last_mixed: Optional[MixedBatch] = None
+        self.last_mixed: MixedBatch | None = None
 
     @property
     def state_key(self) -> str:
@@ -80,7 +80,9 @@ class CMixup(MixingCallbackBase):
                 "for the in-batch variant."
             )
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         inputs, targets = self.read_batch(batch)
         if self.mixing_active(trainer):
             mixed = self.mixer(inputs, targets, generator=self.generator(inputs.device))

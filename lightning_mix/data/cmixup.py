@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -50,7 +50,7 @@ class CMixupDataModule(pl.LightningDataModule):
         self,
         datamodule: pl.LightningDataModule,
         bandwidth: float = 1.0,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         seed: int = 0,
         drop_last: bool = True,
         exclude_self: bool = False,
@@ -70,7 +70,7 @@ class CMixupDataModule(pl.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.exclude_self = bool(exclude_self)
         self.target_key = target_key
-        self.batch_sampler: Optional[CMixupBatchSampler] = None
+        self.batch_sampler: CMixupBatchSampler | None = None
 
     def prepare_data(self) -> None:
         self.datamodule.prepare_data()
@@ -97,7 +97,9 @@ class CMixupDataModule(pl.LightningDataModule):
                 f"torch DataLoader, got {type(loader).__name__}."
             )
         if not hasattr(loader.dataset, "__getitem__") or not hasattr(loader.dataset, "__len__"):
-            raise TypeError("C-Mixup draws partners by index: the training dataset must be map-style (__getitem__, __len__).")
+            raise TypeError(
+                "C-Mixup draws partners by index: the training dataset must be map-style (__getitem__, __len__)."
+            )
         labels = self._training_labels(loader)
         self.batch_sampler = CMixupBatchSampler(
             labels,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -50,7 +50,7 @@ def _mix_seed(*values: int) -> int:
 
 
 def _kernel_weights(
-    anchor_labels: torch.Tensor, labels: torch.Tensor, bandwidth: float, anchor_index: Optional[torch.Tensor]
+    anchor_labels: torch.Tensor, labels: torch.Tensor, bandwidth: float, anchor_index: torch.Tensor | None
 ) -> torch.Tensor:
     """Unnormalised kernel rows (B, N) in float64, each row's maximum scaled to 1."""
     if not bandwidth > 0:
@@ -58,7 +58,9 @@ def _kernel_weights(
     y_all = labels.reshape(labels.shape[0], -1).double()
     y_anchor = anchor_labels.reshape(anchor_labels.shape[0], -1).to(y_all)
     if y_anchor.shape[1] != y_all.shape[1]:
-        raise ValueError(f"anchor labels have {y_anchor.shape[1]} values per row, the training labels {y_all.shape[1]}.")
+        raise ValueError(
+            f"anchor labels have {y_anchor.shape[1]} values per row, the training labels {y_all.shape[1]}."
+        )
     if y_all.shape[1] == 1:  # scalar labels: a broadcast difference is cheaper than cdist
         logits = (y_anchor - y_all.T).square_()
     else:
@@ -72,7 +74,7 @@ def _kernel_weights(
 
 
 def label_kernel_rows(
-    anchor_labels: torch.Tensor, labels: torch.Tensor, bandwidth: float, anchor_index: Optional[torch.Tensor] = None
+    anchor_labels: torch.Tensor, labels: torch.Tensor, bandwidth: float, anchor_index: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Partner probabilities (B, N): ``P(j | i)`` proportional to ``exp(-|y_i - y_j|^2 / (2 bandwidth^2))``.
 
@@ -165,14 +167,16 @@ class CMixupBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = True,
         exclude_self: bool = False,
-        num_replicas: Optional[int] = None,
-        rank: Optional[int] = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         labels = torch.as_tensor(labels)
         if labels.dim() == 0 or labels.shape[0] == 0:
             raise ValueError("labels must hold one label (or one row of labels) per training sample; got none.")
         if not labels.is_floating_point():
-            raise ValueError(f"C-Mixup's kernel is over regression labels; got {labels.dtype} labels. Pass float labels.")
+            raise ValueError(
+                f"C-Mixup's kernel is over regression labels; got {labels.dtype} labels. Pass float labels."
+            )
         if not torch.isfinite(labels).all():
             raise ValueError("labels contain NaN or infinite values; the label kernel needs finite labels.")
         if batch_size < 1:
@@ -183,7 +187,9 @@ class CMixupBatchSampler(Sampler[list[int]]):
             raise ValueError("exclude_self=True needs at least two training samples.")
         if num_replicas is None or rank is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if distributed else 1)
+            num_replicas = (
+                num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if distributed else 1)
+            )
             rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}.")
@@ -223,7 +229,7 @@ class CMixupBatchSampler(Sampler[list[int]]):
         return self._batches_per_epoch()
 
     def partners(self, anchors: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        """Partner indices (B,) of ``anchors`` (B,) by inverse CDF of their kernel rows at ``uniforms`` (B,) in [0, 1)."""
+        """Partner indices (B,) of ``anchors`` (B,): inverse CDF of their kernel rows at ``uniforms`` (B,) in [0, 1)."""
         weights = _kernel_weights(
             self.labels[anchors], self.labels, self.bandwidth, anchors if self.exclude_self else None
         )
@@ -277,7 +283,9 @@ class PartnerMixup:
             raise ValueError(f"alpha must be positive, got {alpha}.")
         self.alpha = float(alpha)
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None) -> MixedBatch:
+    def __call__(
+        self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None
+    ) -> MixedBatch:
         rows = inputs.shape[0]
         if rows % 2 or targets.shape[0] != rows:
             raise ValueError(

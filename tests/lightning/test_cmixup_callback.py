@@ -50,8 +50,15 @@ class Recorder(pl.LightningModule):
 
 
 def _trainer(callbacks, **kw):
-    args = dict(max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
-                enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    args = dict(
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     args.update(kw)
     return pl.Trainer(callbacks=callbacks, **args)
 
@@ -75,7 +82,9 @@ def test_each_step_sees_b_rows_mixed_with_the_sampled_partners_and_one_lam():
         lam = (x.view(-1) - partners) / (anchors - partners)
         lam = lam[anchors != partners]
         torch.testing.assert_close(lam, lam[:1].expand_as(lam), atol=1e-5, rtol=0)
-        torch.testing.assert_close(y, lam[0] * _labels_of(anchors) + (1 - lam[0]) * _labels_of(partners), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            y, lam[0] * _labels_of(anchors) + (1 - lam[0]) * _labels_of(partners), atol=1e-5, rtol=0
+        )
         lams.append(lam[0])
     assert len(set(round(float(v), 6) for v in lams)) == len(lams)  # a new lam every batch
     assert data.batch_sampler.epoch == 1  # Lightning set the epoch on batch_sampler.sampler

@@ -36,7 +36,10 @@ def test_kernel_rows_match_hand_computation_and_the_authors_rate():
     # (N, d) labels: Euclidean distance, as the authors' KernelDensity on 2-D rows
     y2 = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(
-        label_kernel_rows(y2, y2, 1.3), torch.from_numpy(authors_mixup_sample_rate(y2.numpy(), 1.3)), atol=1e-12, rtol=1e-9
+        label_kernel_rows(y2, y2, 1.3),
+        torch.from_numpy(authors_mixup_sample_rate(y2.numpy(), 1.3)),
+        atol=1e-12,
+        rtol=1e-9,
     )
     excluded = label_kernel_rows(LABELS[[1]], LABELS, s, anchor_index=torch.tensor([1]))
     torch.testing.assert_close(excluded, _hand_probabilities(LABELS, s, exclude_self=True)[[1]])
