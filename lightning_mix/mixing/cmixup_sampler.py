@@ -170,6 +170,12 @@ class CMixupBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
+        if isinstance(labels, Sampler):  # Lightning re-creating the batch sampler around a DistributedSampler
+            raise TypeError(
+                "CMixupBatchSampler was given a sampler instead of the training labels: under DDP, Lightning tries to "
+                "inject a DistributedSampler into the batch sampler. Pass Trainer(use_distributed_sampler=False); "
+                "CMixupBatchSampler shards each epoch across ranks itself."
+            )
         labels = torch.as_tensor(labels)
         if labels.dim() == 0 or labels.shape[0] == 0:
             raise ValueError("labels must hold one label (or one row of labels) per training sample; got none.")

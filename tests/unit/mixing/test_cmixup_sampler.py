@@ -139,6 +139,14 @@ def test_bad_arguments_are_refused_with_the_fix(kwargs, match):
         CMixupBatchSampler(**args)
 
 
+def test_a_sampler_given_as_labels_names_the_distributed_fix():
+    """Under DDP without use_distributed_sampler=False Lightning calls CMixupBatchSampler(sampler, batch_size=...)."""
+    from torch.utils.data import SequentialSampler
+
+    with pytest.raises(TypeError, match="use_distributed_sampler=False"):
+        CMixupBatchSampler(SequentialSampler(range(10)), batch_size=4, drop_last=True)
+
+
 def test_partner_mixup_uses_one_lam_per_batch_and_mixes_row_i_with_row_b_plus_i():
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     y = torch.randn(8, generator=torch.Generator().manual_seed(1))
