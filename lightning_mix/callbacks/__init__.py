@@ -2,6 +2,7 @@
 
 from lightning_mix.callbacks.alignmixup import AlignMixup
 from lightning_mix.callbacks.calibration_monitor import CalibrationMonitor
+from lightning_mix.callbacks.cmixup import CMixup
 from lightning_mix.callbacks.comixup import CoMixup
 from lightning_mix.callbacks.ema import EMA
 from lightning_mix.callbacks.manifold_mixup import ManifoldMixup
@@ -18,6 +19,7 @@ from lightning_mix.callbacks.transmix import TransMix
 __all__ = [
     "AlignMixup",
     "CalibrationMonitor",
+    "CMixup",
     "CoMixup",
     "EMA",
     "ManifoldMixup",

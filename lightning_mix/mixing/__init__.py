@@ -4,6 +4,7 @@ A mixer is a callable ``mixer(inputs, targets, generator=None) -> MixedBatch``.
 """
 
 from lightning_mix.mixing.batch import MixedBatch
+from lightning_mix.mixing.cmixup_sampler import CMixupBatchSampler, EpochPermutation, PartnerMixup, label_kernel_rows
 from lightning_mix.mixing.mixers import (
     BatchMixer,
     CutMix,
@@ -36,10 +37,13 @@ __all__ = [
     "MODES",
     "PAIRINGS",
     "BatchMixer",
+    "CMixupBatchSampler",
+    "EpochPermutation",
     "CutMix",
     "FMix",
     "MidpointMixup",
     "MixedBatch",
+    "PartnerMixup",
     "Mode",
     "Pairing",
     "Mixup",
@@ -53,6 +57,7 @@ __all__ = [
     "fmix_masks",
     "fourier_maps",
     "label_kernel_probabilities",
+    "label_kernel_rows",
     "make_pairing",
     "mix_targets",
     "paste_boxes",

@@ -68,21 +68,29 @@ def lightning_mix_callbacks(trainer) -> list[str]:
 def test_the_base_config_holds_no_callback_that_a_preset_provides():
     """The composition rule: presets append (``callbacks+``) to a base that has none of theirs."""
     assert config_callbacks(BASE) == []
+    assert all(config_callbacks(ROOT / preset_base(p)) == [] for p in PRESETS)
     for preset in PRESETS:
         assert "callbacks" not in (yaml.safe_load(preset.read_text()).get("trainer") or {}), (
             f"{preset.name} sets trainer.callbacks (replacing the list); write it as trainer.callbacks+"
         )
 
 
-def _base_of(preset: Path) -> str:
-    """The base config a preset composes with: the ViT job for presets marked ``# requires: vit``."""
-    vit = preset.read_text().startswith("# requires: vit")
-    return "examples/mnist5k_vit.yaml" if vit else "examples/mnist5k.yaml"
+def preset_base(path: Path) -> str:
+    """The base config a preset composes with.
+
+    Its ``# Base: <path>`` header line (regression presets such as cmixup.yaml compose with
+    examples/diabetes.yaml), the ViT job for presets marked ``# requires: vit``, else examples/mnist5k.yaml.
+    """
+    text = path.read_text()
+    match = re.search(r"^# Base: ([\w/.-]+\.yaml)$", text, flags=re.MULTILINE)
+    if match:
+        return match.group(1)
+    return "examples/mnist5k_vit.yaml" if text.startswith("# requires: vit") else "examples/mnist5k.yaml"
 
 
 def test_every_preset_combination_in_the_docs_is_tested():
     combos = documented_combinations()
-    singles = {(_base_of(p), f"callbacks/{p.name}") for p in PRESETS}
+    singles = {(preset_base(p), f"callbacks/{p.name}") for p in PRESETS}
     assert singles <= set(combos), f"presets without a documented composition: {sorted(singles - set(combos))}"
 
 
