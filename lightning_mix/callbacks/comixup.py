@@ -93,8 +93,9 @@ class CoMixup(MixingCallbackBase):
             raise ValueError(f"CoMixup: channel_reduce must be one of {CHANNEL_REDUCES}, got {channel_reduce!r}.")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"CoMixup: p is a probability and must lie in [0, 1], got {p}.")
-        self.mixer = CoMixer(alpha, block_num, part_size, beta, gamma, eta, thres, thres_type, omega, set_resolve,
-                             n_iter, sweeps)
+        self.mixer = CoMixer(
+            alpha, block_num, part_size, beta, gamma, eta, thres, thres_type, omega, set_resolve, n_iter, sweeps
+        )
         self.saliency_eval_mode = saliency_eval_mode
         self.channel_reduce = channel_reduce
         self.p = p

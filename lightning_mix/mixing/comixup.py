@@ -179,14 +179,23 @@ def _solve_output(
     device = cost.device
     pairs, valid = _half_labels(counts, half)
     unary_inputs = cost.permute(0, 2, 3, 1)  # (G, n, m, N)
-    pair_cost = 0.5 * (unary_inputs.unsqueeze(-2).expand(g, n, m, 3, n_inputs).gather(
-        -1, pairs.view(g, 1, 1, 3, 2).expand(g, n, m, 3, 2)).sum(dim=-1)) - _HALF_BONUS
+    pair_cost = (
+        0.5
+        * (
+            unary_inputs.unsqueeze(-2)
+            .expand(g, n, m, 3, n_inputs)
+            .gather(-1, pairs.view(g, 1, 1, 3, 2).expand(g, n, m, 3, 2))
+            .sum(dim=-1)
+        )
+        - _HALF_BONUS
+    )
     pair_cost = torch.where(valid.view(g, 1, 1, 3), pair_cost, torch.full_like(pair_cost, _UNAVAILABLE))
     unary = torch.cat((unary_inputs, pair_cost), dim=-1)  # (G, n, m, N + 3)
     decode = torch.zeros(g, n_inputs + 3, n_inputs, device=device)
     decode[:, :n_inputs] = torch.eye(n_inputs, device=device)
     halves = torch.zeros(g, 3, n_inputs, device=device).scatter_add(
-        -1, pairs, torch.full(pairs.shape, 0.5, device=device))
+        -1, pairs, torch.full(pairs.shape, 0.5, device=device)
+    )
     decode[:, n_inputs:] = halves * valid.unsqueeze(-1)
     total = n_inputs + 3
     pairwise = 1.0 - torch.eye(total, device=device).expand(g, total, total).clone()
@@ -359,12 +368,23 @@ class CoMixer:
                 continue
             cost = -sal[start:stop].view(groups, size, n, n)
             cost = cost - self.eta / (n * n) * dirichlet_log_prior(self.alpha, groups, size, generator, device).view(
-                groups, size, 1, 1)
+                groups, size, 1, 1
+            )
             blocks = distance[start:stop, start:stop].view(groups, size, groups, size)
             blocks = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (G, N, N): within each partition
             compat = compatibility_matrix(blocks, self.omega)
-            masks = solve_comixup(cost, compat, self.beta, self.gamma, self.thres, self.thres_type,
-                                  self.set_resolve, self.n_iter, self.sweeps, generator)
+            masks = solve_comixup(
+                cost,
+                compat,
+                self.beta,
+                self.gamma,
+                self.thres,
+                self.thres_type,
+                self.set_resolve,
+                self.n_iter,
+                self.sweeps,
+                generator,
+            )
             masks_all.append(masks)
             pixel = masks.repeat_interleave(height // n, dim=2).repeat_interleave(width // n, dim=3)
             group_inputs = inputs[start:stop].view(groups, size, *inputs.shape[1:])

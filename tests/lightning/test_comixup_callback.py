@@ -14,8 +14,13 @@ from lightning_mix.demos import SmallCNN
 
 def _trainer(callbacks, steps=2, **options):
     settings = {
-        "accelerator": "cpu", "max_steps": steps, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+        "accelerator": "cpu",
+        "max_steps": steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
     }
     return pl.Trainer(callbacks=callbacks, **{**settings, **options})
 

@@ -75,8 +75,10 @@ def peak_distance(saliency):
         flat = int(z[i].reshape(-1).argmax())
         points.append((flat // width, flat % width))
     n = len(points)
-    return torch.tensor([[abs(points[a][0] - points[b][0]) + abs(points[a][1] - points[b][1]) for b in range(n)]
-                         for a in range(n)], dtype=torch.float32)
+    return torch.tensor(
+        [[abs(points[a][0] - points[b][0]) + abs(points[a][1] - points[b][1]) for b in range(n)] for a in range(n)],
+        dtype=torch.float32,
+    )
 
 
 def brute_force_minimum(cost, beta, gamma, n_out):

@@ -96,7 +96,8 @@ def test_solver_is_exact_without_smoothness_and_diversity():
     torch.testing.assert_close(masks, cheapest)
     for k in range(2):
         assert comixup_objective(cost, masks, 0.0, 0.0)[k].item() == pytest.approx(
-            brute_force_minimum(cost[k], 0.0, 0.0, 3), abs=1e-5)
+            brute_force_minimum(cost[k], 0.0, 0.0, 3), abs=1e-5
+        )
 
 
 def test_solver_gap_to_the_brute_force_optimum_on_tiny_instances():
