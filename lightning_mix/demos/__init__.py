@@ -2,6 +2,15 @@
 
 from lightning_mix.demos.data_modules import DiabetesDataModule, MNIST5kDataModule, embedded_data_path
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
+from lightning_mix.demos.smmix_vit import SMMixTinyViT
 from lightning_mix.demos.vit import TinyViT
 
-__all__ = ["DiabetesDataModule", "MLPRegressor", "MNIST5kDataModule", "SmallCNN", "TinyViT", "embedded_data_path"]
+__all__ = [
+    "DiabetesDataModule",
+    "MLPRegressor",
+    "MNIST5kDataModule",
+    "SMMixTinyViT",
+    "SmallCNN",
+    "TinyViT",
+    "embedded_data_path",
+]

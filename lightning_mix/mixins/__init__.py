@@ -1,5 +1,6 @@
 """LightningModule mixins for methods that must change the training step (extra forward passes, ...)."""
 
 from lightning_mix.mixins.rank_mixup import RankMixupMixin
+from lightning_mix.mixins.smmix import SMMixMixin
 
-__all__ = ["RankMixupMixin"]
+__all__ = ["RankMixupMixin", "SMMixMixin"]
