@@ -32,7 +32,7 @@ def test_regions_are_the_argmax_and_argmin_windows_of_a_constructed_map():
 
 
 def test_sample_least_attended_window_receives_partner_most_attended_window():
-    grid, side, patch = 4, 2, 2
+    side, patch = 2, 2
     inputs = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
     scores = torch.full((2, 16), 0.1)
     scores[0, [0, 1, 4, 5]] = 1.0  # sample 0: hottest top-left; coldest: bottom-right
