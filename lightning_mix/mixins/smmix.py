@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lightning_mix.callbacks._batch_access import BatchKey
 from lightning_mix.callbacks._rng import CounterStream
@@ -50,6 +51,10 @@ class SMMixMixin:
     Call :meth:`configure_smmix` in ``__init__`` (after ``super().__init__()``): it creates the
     token head ``smmix_token_head`` (``nn.Linear(embed_dim, num_classes)``, separate from the class
     head as in the authors' code). Put the mixin *before* the LightningModule class.
+
+    Under DDP use ``strategy="ddp_find_unused_parameters_true"`` (the token head takes no part in the
+    Mixup steps; the authors set ``find_unused_parameters=True``); plain ``"ddp"`` is refused at the
+    start of fit.
 
     Departures: none in the rule; odd batch sizes are allowed (the authors assert an even batch;
     with the flip the middle sample is its own partner). The random draws (branch, window side,
@@ -250,6 +255,20 @@ class SMMixMixin:
         self.log("train/fine", out["fine"], on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/consistency", out["consistency"], on_step=False, on_epoch=True, sync_dist=True)
         return out["loss"]
+
+    def on_fit_start(self) -> None:
+        parent = getattr(super(), "on_fit_start", None)
+        if parent is not None:
+            parent()
+        wrapper = getattr(getattr(self, "trainer", None), "strategy", None)
+        wrapper = getattr(wrapper, "model", None)
+        if isinstance(wrapper, DistributedDataParallel) and not wrapper.find_unused_parameters:
+            if self.smmix_switch_prob < 1.0:
+                raise ValueError(
+                    f"{type(self).__name__} trains the token head in SMMix steps only, so DDP sees unused "
+                    "parameters in its Mixup steps (and would hang); use "
+                    "strategy='ddp_find_unused_parameters_true' (the authors' find_unused_parameters=True)."
+                )
 
     # -- checkpoint ------------------------------------------------------------------------------
 
