@@ -56,10 +56,11 @@ class SMMixMixin:
     Mixup steps; the authors set ``find_unused_parameters=True``); plain ``"ddp"`` is refused at the
     start of fit.
 
-    Departures: none in the rule; odd batch sizes are allowed (the authors assert an even batch;
-    with the flip the middle sample is its own partner). The random draws (branch, window side,
-    lam) come from a CPU stream seeded by ``seed`` (or ``torch.initial_seed()``), the global rank
-    and a step counter, saved in the checkpoint.
+    Departures: none at the authors' settings; window sides are capped at ``g - 1`` (only
+    ``max_side_ratio = 1`` reaches ``g``, where the own-token mean would be empty); odd batch sizes
+    are allowed (the authors assert an even batch; with the flip the middle sample is its own
+    partner). The random draws (branch, window side, lam) come from a CPU stream seeded by ``seed``
+    (or ``torch.initial_seed()``), the global rank and a step counter, saved in the checkpoint.
     """
 
     smmix_switch_prob: float = 0.5
@@ -154,8 +155,10 @@ class SMMixMixin:
 
     def smmix_side_choices(self, grid: int) -> list[int]:
         """The window sides (in patches) drawn uniformly for a ``grid x grid`` patch grid."""
-        low = max(1, int(grid * self.smmix_min_side_ratio))
-        high = min(grid, int(grid * self.smmix_max_side_ratio))
+        if grid < 2:
+            raise ValueError(f"SMMix needs a patch grid of at least 2 x 2, got {grid} x {grid}.")
+        high = min(grid - 1, int(grid * self.smmix_max_side_ratio))  # the image keeps at least one row of its own
+        low = min(high, max(1, int(grid * self.smmix_min_side_ratio)))
         return list(range(low, high + 1))
 
     def smmix_draw(self, grid: int) -> tuple[bool, int, float]:

@@ -133,6 +133,13 @@ def test_bad_options_are_refused():
         _model(consistency_weight=-1.0)
 
 
+def test_window_sides_leave_the_image_some_of_its_own_patches():
+    assert _model(min_side_ratio=0.5, max_side_ratio=1.0).smmix_side_choices(7) == [3, 4, 5, 6]
+    assert _model(min_side_ratio=1.0, max_side_ratio=1.0).smmix_side_choices(4) == [3]
+    with pytest.raises(ValueError, match="2 x 2"):
+        _model().smmix_side_choices(1)
+
+
 def _trainer(callbacks=(), **kwargs):
     options = {
         "accelerator": "cpu",
