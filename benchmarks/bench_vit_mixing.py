@@ -7,6 +7,9 @@ interleaved rounds so that drift in machine load hits them alike; the figure is 
 time over all rounds, and its ratio to CutMix's.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_vit_mixing.py --batch-size 32 --steps 20 --rounds 5
+
+SMMix is a module mixin, not a callback: its rows train :class:`~lightning_mix.demos.SMMixTinyViT`
+(same network plus a token head) with no callback. ``--methods`` picks rows by name prefix.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks import MixingCallback, TLAlign, TokenShuffle, TransMix
-from lightning_mix.demos import TinyViT
+from lightning_mix.demos import SMMixTinyViT, TinyViT
 from lightning_mix.mixing import CutMix
 from lightning_mix.mixing.patch_grid import PatchCutMix
 
@@ -55,10 +58,19 @@ def methods() -> dict:
             MixingCallback(CutMix(1.0), label_smoothing=0.1, seed=0),
             TokenShuffle(shuffle_rate=1.0, seed=0),
         ],
+        "SMMix (SMMixTinyViT, switch_prob 0.5)": lambda: [],
+        "SMMix (SMMixTinyViT, switch_prob 1.0)": lambda: [],
     }
 
 
-def run(make_callback, data, batch_size: int, steps: int, skip: int, model_args: dict) -> StepTimer:
+# rows that train a module with its own mixing step instead of TinyViT plus a callback
+MODELS = {
+    "SMMix (SMMixTinyViT, switch_prob 0.5)": lambda args: SMMixTinyViT(**args, seed=0),
+    "SMMix (SMMixTinyViT, switch_prob 1.0)": lambda args: SMMixTinyViT(**args, switch_prob=1.0, seed=0),
+}
+
+
+def run(name: str, make_callback, data, batch_size: int, steps: int, skip: int, model_args: dict) -> StepTimer:
     torch.manual_seed(0)
     timer = StepTimer(skip)
     trainer = pl.Trainer(
@@ -70,7 +82,8 @@ def run(make_callback, data, batch_size: int, steps: int, skip: int, model_args:
         enable_model_summary=False,
         callbacks=[timer, *(made if isinstance(made := make_callback(), list) else [made])],
     )
-    trainer.fit(TinyViT(**model_args), DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True))
+    model = MODELS[name](model_args) if name in MODELS else TinyViT(**model_args)
+    trainer.fit(model, DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True))
     return timer
 
 
@@ -82,16 +95,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--methods", nargs="*", default=None, help="row name prefixes (CutMix always runs)")
     args = parser.parse_args()
+    chosen = {
+        name: make
+        for name, make in methods().items()
+        if args.methods is None or name.startswith("CutMix (") or any(name.startswith(m) for m in args.methods)
+    }
     model_args = {"dim": args.dim, "depth": args.depth, "num_heads": 4, "patch_size": 4}
     n = args.batch_size * (args.steps + args.skip)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-    times: dict[str, list[float]] = {name: [] for name in methods()}
-    cpu_times: dict[str, list[float]] = {name: [] for name in methods()}
+    times: dict[str, list[float]] = {name: [] for name in chosen}
+    cpu_times: dict[str, list[float]] = {name: [] for name in chosen}
     for _ in range(args.rounds):
-        for name, make in methods().items():
-            timer = run(make, data, args.batch_size, args.steps, args.skip, model_args)
+        for name, make in chosen.items():
+            timer = run(name, make, data, args.batch_size, args.steps, args.skip, model_args)
             times[name] += timer.times
             cpu_times[name] += timer.cpu_times
     print(
@@ -101,13 +120,18 @@ def main() -> None:
     )
     base = statistics.median(times["CutMix (MixingCallback)"])
     cpu_base = statistics.median(cpu_times["CutMix (MixingCallback)"])
-    print("| method | CPU ms / step | vs CutMix (CPU) | wall ms / step | vs CutMix (wall) | steps |")
-    print("|---|---:|---:|---:|---:|---:|")
+    cpu_mean_base = statistics.mean(cpu_times["CutMix (MixingCallback)"])
+    print(
+        "| method | CPU ms / step | vs CutMix (CPU) | wall ms / step | vs CutMix (wall) | steps "
+        "| mean CPU ms / step | vs CutMix (mean CPU) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in times:
         wall, cpu = statistics.median(times[name]), statistics.median(cpu_times[name])
+        cpu_mean = statistics.mean(cpu_times[name])
         print(
             f"| {name} | {1000 * cpu:.1f} | {cpu / cpu_base:.2f}x | {1000 * wall:.1f} | {wall / base:.2f}x "
-            f"| {len(times[name])} |"
+            f"| {len(times[name])} | {1000 * cpu_mean:.1f} | {cpu_mean / cpu_mean_base:.2f}x |"
         )
 
 

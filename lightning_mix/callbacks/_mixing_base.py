@@ -17,13 +17,15 @@ __all__ = ["MixingCallbackBase", "infer_num_classes", "check_single_mixer"]
 
 
 def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: Callback) -> None:
-    """Raise when the Trainer mixes twice: two mixing callbacks, or a mixing callback and a RankMixupMixin module.
+    """Raise when the Trainer mixes twice: two mixing callbacks, or a mixing callback and a module that mixes its
+    own batches (RankMixupMixin, SMMixMixin).
 
     Two mixers would be applied in turn (a mix of mixes, targets with up to four classes), which
     no method in this library intends; presets that add a mixer to a config that already has one
     end up here too.
     """
     from lightning_mix.mixins.rank_mixup import RankMixupMixin  # lazy: mixins imports this package
+    from lightning_mix.mixins.smmix import SMMixMixin
 
     others = [cb for cb in trainer.callbacks if isinstance(cb, MixingCallbackBase) and cb is not owner]
     if others:
@@ -39,6 +41,12 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
             f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is a RankMixupMixin, "
             "which mixes its own copies of the clean batch in training_step; remove the callback "
             "(RankMixup needs the clean batch)."
+        )
+    if isinstance(pl_module, SMMixMixin):
+        raise ValueError(
+            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is an SMMixMixin, which "
+            "mixes the batch itself in training_step (SMMix or Mixup, from the clean batch's attention); "
+            "remove the callback."
         )
 
 
@@ -71,7 +79,7 @@ class MixingCallbackBase(Callback):
     * ``regression``: False (classification) refuses float targets of shape (B,), which are
       class labels stored as floats far more often than anything else; True mixes float targets
       of any shape as values (regression, C-Mixup);
-    * at ``setup("fit")``, a second mixing callback or a RankMixupMixin module is an error.
+    * at ``setup("fit")``, a second mixing callback or a RankMixupMixin / SMMixMixin module is an error.
 
     Subclasses implement ``on_train_batch_start`` with :meth:`read_batch` and
     :meth:`generator`, and call :meth:`advance` once per batch.

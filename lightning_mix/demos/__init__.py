@@ -7,6 +7,7 @@ from lightning_mix.demos.data_modules import (
     embedded_data_path,
 )
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
+from lightning_mix.demos.smmix_vit import SMMixTinyViT
 from lightning_mix.demos.vit import TinyViT
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "MLPRegressor",
     "MNIST5kDataModule",
     "RandomShiftDataset",
+    "SMMixTinyViT",
     "SmallCNN",
     "TinyViT",
     "embedded_data_path",

@@ -2,5 +2,6 @@
 
 from lightning_mix.mixins.automix import AutoMixMixin, SAMixMixin
 from lightning_mix.mixins.rank_mixup import RankMixupMixin
+from lightning_mix.mixins.smmix import SMMixMixin
 
-__all__ = ["AutoMixMixin", "RankMixupMixin", "SAMixMixin"]
+__all__ = ["AutoMixMixin", "RankMixupMixin", "SAMixMixin", "SMMixMixin"]
