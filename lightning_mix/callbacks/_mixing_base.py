@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -50,7 +50,7 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
         )
 
 
-def infer_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[int]:
+def infer_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
     """``num_classes`` from the module's hyperparameters or attribute, else from the datamodule."""
     for owner in (pl_module, getattr(trainer, "datamodule", None)):
         if owner is None:
@@ -87,12 +87,12 @@ class MixingCallbackBase(Callback):
 
     def __init__(
         self,
-        num_classes: Optional[int],
+        num_classes: int | None,
         label_smoothing: float,
         input_key: BatchKey,
         target_key: BatchKey,
-        seed: Optional[int],
-        stop_epoch: Optional[int] = None,
+        seed: int | None,
+        stop_epoch: int | None = None,
         regression: bool = False,
     ) -> None:
         super().__init__()
@@ -114,8 +114,8 @@ class MixingCallbackBase(Callback):
         self.input_key = input_key
         self.target_key = target_key
         self.seed = seed
-        self._stream: Optional[CounterStream] = None
-        self._restored: Optional[dict[str, int]] = None
+        self._stream: CounterStream | None = None
+        self._restored: dict[str, int] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
