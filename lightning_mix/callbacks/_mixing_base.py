@@ -174,6 +174,18 @@ class MixingCallbackBase(Callback):
             raise RuntimeError(f"{type(self).__name__} is used outside fit: its random stream starts in on_fit_start.")
         return self._stream.generator(device, salt)
 
+    def _draw_decision(self, p: float, salt: int) -> bool:
+        """Whether this batch is mixed, with probability ``p``: always for ``p >= 1``, never for ``p <= 0``.
+
+        Otherwise one uniform draw from this batch's CPU generator with ``salt`` decides.
+        """
+        if p >= 1.0:
+            return True
+        if p <= 0.0:
+            return False
+        draw = torch.rand((), generator=self.generator(torch.device("cpu"), salt=salt))
+        return bool(draw < p)
+
     def advance(self) -> None:
         """Move the stream to the next batch."""
         self._stream.advance()

@@ -45,13 +45,8 @@ class SaliencyMixingBase(MixingCallbackBase):
         return clean_input_saliency(trainer, pl_module, inputs, targets, self.saliency_eval_mode, self.channel_reduce)
 
     def _should_mix(self) -> bool:
-        """Whether this batch is mixed: always for ``p >= 1``, never for ``p <= 0``, else a seeded draw."""
-        if self.p >= 1.0:
-            return True
-        if self.p <= 0.0:
-            return False
-        draw = torch.rand((), generator=self.generator(torch.device("cpu"), salt=_DECISION_SALT))
-        return bool(draw < self.p)
+        """Whether this batch is mixed (:meth:`_draw_decision` with ``p``)."""
+        return self._draw_decision(self.p, _DECISION_SALT)
 
 
 __all__ = ["SaliencyMixingBase"]
