@@ -56,17 +56,17 @@ class AttentionLabelCallback(MixingCallback):
     def __init__(
         self,
         mixer: Callable[..., MixedBatch],
-        attention_modules: list[str] | None,
-        attention_fn: AttentionFn | None,
-        patch_size: int | None,
-        num_prefix_tokens: int,
-        num_classes: int | None,
-        label_smoothing: float,
-        p: float,
-        stop_epoch: int | None,
-        input_key: BatchKey,
-        target_key: BatchKey,
-        seed: int | None,
+        attention_modules: list[str] | None = None,
+        attention_fn: AttentionFn | None = None,
+        patch_size: int | None = None,
+        num_prefix_tokens: int = 1,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        p: float = 1.0,
+        stop_epoch: int | None = None,
+        input_key: BatchKey = 0,
+        target_key: BatchKey = 1,
+        seed: int | None = None,
     ) -> None:
         super().__init__(mixer, num_classes, label_smoothing, p, stop_epoch, input_key, target_key, seed)
         name = type(self).__name__

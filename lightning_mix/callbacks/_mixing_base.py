@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_mix.callbacks._batch_access import BatchKey, get_entry
 from lightning_mix.callbacks._rng import CounterStream
+from lightning_mix.callbacks._stream_state import SeededStreamState
 from lightning_mix.mixing import dense_targets
 
 __all__ = ["MixingCallbackBase", "infer_num_classes", "check_single_mixer"]
@@ -63,7 +64,7 @@ def infer_num_classes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int
     return None
 
 
-class MixingCallbackBase(Callback):
+class MixingCallbackBase(SeededStreamState, Callback):
     """Base of the callbacks that mix training batches in place (MixingCallback, RegMixup, ManifoldMixup).
 
     It owns the options they share and the bookkeeping behind them:
@@ -128,11 +129,7 @@ class MixingCallbackBase(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.num_classes is None and not self.regression:
             self.num_classes = infer_num_classes(trainer, pl_module)
-        seed = self.seed if self.seed is not None else torch.initial_seed()
-        self._stream = CounterStream(seed, rank=trainer.global_rank)
-        if self._restored is not None:
-            self._stream.seed, self._stream.counter = self._restored["seed"], self._restored["counter"]
-            self._restored = None
+        self._start_stream(trainer.global_rank)
 
     def read_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's inputs and its targets made dense (the batch is checked to be mutable)."""
@@ -174,20 +171,18 @@ class MixingCallbackBase(Callback):
             raise RuntimeError(f"{type(self).__name__} is used outside fit: its random stream starts in on_fit_start.")
         return self._stream.generator(device, salt)
 
+    def _draw_decision(self, p: float, salt: int) -> bool:
+        """Whether this batch is mixed, with probability ``p``: always for ``p >= 1``, never for ``p <= 0``.
+
+        Otherwise one uniform draw from this batch's CPU generator with ``salt`` decides.
+        """
+        if p >= 1.0:
+            return True
+        if p <= 0.0:
+            return False
+        draw = torch.rand((), generator=self.generator(torch.device("cpu"), salt=salt))
+        return bool(draw < p)
+
     def advance(self) -> None:
         """Move the stream to the next batch."""
         self._stream.advance()
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._stream is None:
-            return {}
-        return {"seed": self._stream.seed, "counter": self._stream.counter}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        restored = {"seed": int(state_dict["seed"]), "counter": int(state_dict["counter"])}
-        if self._stream is not None:  # restored after on_fit_start
-            self._stream.seed, self._stream.counter = restored["seed"], restored["counter"]
-        else:
-            self._restored = restored

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_mix.callbacks._batch_access import BatchKey, set_entry
-from lightning_mix.callbacks._mixing_base import MixingCallbackBase
+from lightning_mix.callbacks._hidden_hook import HiddenMixingBase
 from lightning_mix.callbacks.manifold_mixup import mix_hidden
 from lightning_mix.mixing import make_pairing, mix_targets, sample_beta
 from lightning_mix.mixing.alignment import align_and_mix
@@ -17,7 +17,7 @@ from lightning_mix.mixing.alignment import align_and_mix
 _CHOICE_SALT = 1
 
 
-class AlignMixup(MixingCallbackBase):
+class AlignMixup(HiddenMixingBase):
     """AlignMixup (Venkataramanan et al., CVPR 2022) with the authors' defaults (shashankvkt/AlignMixup_CVPR22).
 
     Example::
@@ -119,20 +119,6 @@ class AlignMixup(MixingCallbackBase):
             self.last_choice = direction
             self._handle = self._module.register_forward_hook(self._make_hook(index, lam, direction))
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._remove_hook()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hook()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._remove_hook()
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hook()
-
     def _make_hook(self, index: torch.Tensor, lam: torch.Tensor, direction: int):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not module.training:
@@ -147,11 +133,6 @@ class AlignMixup(MixingCallbackBase):
             return align_and_mix(output, index, lam, direction, self.eps, self.max_iter, self.threshold)
 
         return hook
-
-    def _remove_hook(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 __all__ = ["AlignMixup"]

@@ -8,16 +8,13 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_mix.callbacks._batch_access import BatchKey, set_entry
-from lightning_mix.callbacks._mixing_base import MixingCallbackBase
-from lightning_mix.callbacks._saliency_pass import clean_input_saliency
+from lightning_mix.callbacks._saliency_base import SaliencyMixingBase
 from lightning_mix.mixing import MixedBatch
 from lightning_mix.mixing.comixup import CoMixer, ThresholdType, check_comixup_inputs
-from lightning_mix.mixing.input_saliency import CHANNEL_REDUCES, ChannelReduce
-
-_DECISION_SALT = 2
+from lightning_mix.mixing.input_saliency import ChannelReduce
 
 
-class CoMixup(MixingCallbackBase):
+class CoMixup(SaliencyMixingBase):
     """Co-Mixup (Kim et al., ICLR 2021) with the authors' defaults (snu-mllab/Co-Mixup ``main.py``).
 
     Example::
@@ -89,22 +86,12 @@ class CoMixup(MixingCallbackBase):
         seed: int | None = None,
     ) -> None:
         super().__init__(num_classes, label_smoothing, input_key, target_key, seed)
-        if channel_reduce not in CHANNEL_REDUCES:
-            raise ValueError(f"CoMixup: channel_reduce must be one of {CHANNEL_REDUCES}, got {channel_reduce!r}.")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"CoMixup: p is a probability and must lie in [0, 1], got {p}.")
+        self._set_saliency_options("CoMixup", saliency_eval_mode, channel_reduce, p)
         self.mixer = CoMixer(
             alpha, block_num, part_size, beta, gamma, eta, thres, thres_type, omega, set_resolve, n_iter, sweeps
         )
-        self.saliency_eval_mode = saliency_eval_mode
-        self.channel_reduce = channel_reduce
-        self.p = p
         self.last_mixed: MixedBatch | None = None
         self.last_weights: torch.Tensor | None = None
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(input_key=self.input_key)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -113,23 +100,13 @@ class CoMixup(MixingCallbackBase):
         check_comixup_inputs(inputs, self.mixer.block_num)
         self.last_mixed, self.last_weights = None, None
         if self._should_mix() and inputs.shape[0] > 1:
-            saliency = clean_input_saliency(
-                trainer, pl_module, inputs, targets, self.saliency_eval_mode, self.channel_reduce
-            )
+            saliency = self._saliency(trainer, pl_module, inputs, targets)
             result = self.mixer(inputs, targets, saliency, self.generator(inputs.device))
             self.last_mixed, self.last_weights = result.mixed, result.weights
             set_entry(batch, self.input_key, result.mixed.inputs)
             targets = result.mixed.targets
         set_entry(batch, self.target_key, targets)
         self.advance()
-
-    def _should_mix(self) -> bool:
-        if self.p >= 1.0:
-            return True
-        if self.p <= 0.0:
-            return False
-        draw = torch.rand((), generator=self.generator(torch.device("cpu"), salt=_DECISION_SALT))
-        return bool(draw < self.p)
 
 
 __all__ = ["CoMixup"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_mix.callbacks._batch_access import BatchKey, set_entry
-from lightning_mix.callbacks._mixing_base import MixingCallbackBase
+from lightning_mix.callbacks._hidden_hook import HiddenMixingBase
 from lightning_mix.mixing import Mixup, mix_targets
 
 __all__ = ["ManifoldMixup", "mix_hidden"]
@@ -24,7 +24,7 @@ def mix_hidden(hidden: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> 
     return torch.lerp(hidden.index_select(0, index.to(hidden.device)), hidden, weight)
 
 
-class ManifoldMixup(MixingCallbackBase):
+class ManifoldMixup(HiddenMixingBase):
     """Manifold Mixup (Verma et al. 2019): mix hidden states at a layer drawn at random each step.
 
     Example::
@@ -149,20 +149,6 @@ class ManifoldMixup(MixingCallbackBase):
         else:
             self._handle = self._modules[layer].register_forward_hook(self._make_hook(layer, index, lam))
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._remove_hook()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hook()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._remove_hook()
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hook()
-
     def _make_hook(self, layer: str, index: torch.Tensor, lam: torch.Tensor):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if not module.training:  # an eval-mode forward inside the step: leave it alone
@@ -181,8 +167,3 @@ class ManifoldMixup(MixingCallbackBase):
             return mix_hidden(output, index, lam)
 
         return hook
-
-    def _remove_hook(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None

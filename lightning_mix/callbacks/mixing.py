@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
 from lightning_mix.callbacks._batch_access import BatchKey, set_entry
 from lightning_mix.callbacks._mixing_base import MixingCallbackBase
@@ -112,9 +111,4 @@ class MixingCallback(MixingCallbackBase):
     def _should_mix(self, trainer: pl.Trainer) -> bool:
         if not self.mixing_active(trainer):
             return False
-        if self.p >= 1.0:
-            return True
-        if self.p <= 0.0:
-            return False
-        draw = torch.rand((), generator=self.generator(torch.device("cpu"), salt=_DECISION_SALT))
-        return bool(draw < self.p)
+        return self._draw_decision(self.p, _DECISION_SALT)

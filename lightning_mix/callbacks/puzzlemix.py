@@ -8,17 +8,15 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_mix.callbacks._batch_access import BatchKey, set_entry
-from lightning_mix.callbacks._mixing_base import MixingCallbackBase
-from lightning_mix.callbacks._saliency_pass import clean_input_saliency
+from lightning_mix.callbacks._saliency_base import SaliencyMixingBase
 from lightning_mix.mixing import MixedBatch
-from lightning_mix.mixing.input_saliency import CHANNEL_REDUCES, ChannelReduce
+from lightning_mix.mixing.input_saliency import ChannelReduce
 from lightning_mix.mixing.puzzlemix import PuzzleMixer, Solver, check_puzzle_inputs
 
 _BLOCK_SALT = 1
-_DECISION_SALT = 2
 
 
-class PuzzleMix(MixingCallbackBase):
+class PuzzleMix(SaliencyMixingBase):
     """PuzzleMix (Kim, Choo and Song, ICML 2020) with the authors' defaults (snu-mllab/PuzzleMix ``main.py``).
 
     Example::
@@ -97,21 +95,11 @@ class PuzzleMix(MixingCallbackBase):
             raise ValueError(
                 f"PuzzleMix: block_nums must be a non-empty list of positive grid sizes, got {block_nums}."
             )
-        if channel_reduce not in CHANNEL_REDUCES:
-            raise ValueError(f"PuzzleMix: channel_reduce must be one of {CHANNEL_REDUCES}, got {channel_reduce!r}.")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"PuzzleMix: p is a probability and must lie in [0, 1], got {p}.")
+        self._set_saliency_options("PuzzleMix", saliency_eval_mode, channel_reduce, p)
         self.mixer = PuzzleMixer(alpha, n_labels, beta, gamma, eta, neigh_size, transport, t_eps, solver, sweeps)
         self.block_nums = block_nums
-        self.saliency_eval_mode = saliency_eval_mode
-        self.channel_reduce = channel_reduce
-        self.p = p
         self.last_mixed: MixedBatch | None = None
         self.last_block_num: int | None = None
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(input_key=self.input_key)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -123,23 +111,13 @@ class PuzzleMix(MixingCallbackBase):
             choice = torch.randint(len(self.block_nums), (), generator=self.generator(torch.device("cpu"), _BLOCK_SALT))
             block_num = self.block_nums[int(choice)]
             if block_num > 1:  # a 1x1 grid keeps the batch as it is (the authors' block_num == 1 branch)
-                saliency = clean_input_saliency(
-                    trainer, pl_module, inputs, targets, self.saliency_eval_mode, self.channel_reduce
-                )
+                saliency = self._saliency(trainer, pl_module, inputs, targets)
                 mixed = self.mixer(inputs, targets, saliency, block_num, self.generator(inputs.device))
                 self.last_mixed, self.last_block_num = mixed, block_num
                 set_entry(batch, self.input_key, mixed.inputs)
                 targets = mixed.targets
         set_entry(batch, self.target_key, targets)
         self.advance()
-
-    def _should_mix(self) -> bool:
-        if self.p >= 1.0:
-            return True
-        if self.p <= 0.0:
-            return False
-        draw = torch.rand((), generator=self.generator(torch.device("cpu"), salt=_DECISION_SALT))
-        return bool(draw < self.p)
 
 
 __all__ = ["PuzzleMix"]

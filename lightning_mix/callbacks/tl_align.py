@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from lightning_mix.callbacks._attention_labels import AttentionLabelCallback, PendingBatch
-from lightning_mix.callbacks._batch_access import BatchKey
-from lightning_mix.mixing import MixedBatch
-from lightning_mix.mixing.attention import AttentionFn
 from lightning_mix.mixing.tl_align import initial_token_weights, patch_own_fraction, propagate_token_weights
 
 __all__ = ["TLAlign"]
@@ -68,38 +63,8 @@ class TLAlign(AttentionLabelCallback):
 
     rows = "all"
     last_only = False
-
-    def __init__(
-        self,
-        mixer: Callable[..., MixedBatch],
-        attention_modules: list[str] | None = None,
-        attention_fn: AttentionFn | None = None,
-        patch_size: int | None = None,
-        num_prefix_tokens: int = 1,
-        num_classes: int | None = None,
-        label_smoothing: float = 0.0,
-        p: float = 1.0,
-        stop_epoch: int | None = None,
-        input_key: BatchKey = 0,
-        target_key: BatchKey = 1,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            mixer,
-            attention_modules,
-            attention_fn,
-            patch_size,
-            num_prefix_tokens,
-            num_classes,
-            label_smoothing,
-            p,
-            stop_epoch,
-            input_key,
-            target_key,
-            seed,
-        )
-        self._weights: torch.Tensor | None = None
-        self._next_block = 0
+    _weights: torch.Tensor | None = None  # set per batch by start() and consume()
+    _next_block: int = 0
 
     def start(self, pending: PendingBatch) -> None:
         self._weights, self._next_block = None, 0

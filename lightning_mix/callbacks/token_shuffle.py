@@ -10,13 +10,14 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lightning_mix.callbacks._rng import CounterStream
+from lightning_mix.callbacks._stream_state import SeededStreamState
 from lightning_mix.mixing.attention import find_attention_modules
 from lightning_mix.mixing.token_shuffle import inverse_permutation, layer_shuffle_probabilities, permute_tokens
 
 __all__ = ["TokenShuffle"]
 
 
-class TokenShuffle(Callback):
+class TokenShuffle(SeededStreamState, Callback):
     """Shuffle the token order of each layer's input with a probability that rises with depth; restore it after.
 
     Example::
@@ -117,11 +118,7 @@ class TokenShuffle(Callback):
             self._handles, self._modules, self._active = [], [], False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seed = self.seed if self.seed is not None else torch.initial_seed()
-        self._stream = CounterStream(seed, rank=trainer.global_rank)
-        if self._restored is not None:
-            self._stream.seed, self._stream.counter = self._restored["seed"], self._restored["counter"]
-            self._restored = None
+        self._start_stream(trainer.global_rank)
 
     # -- per batch ----------------------------------------------------------------------------
     def on_train_batch_start(
@@ -179,18 +176,3 @@ class TokenShuffle(Callback):
         if isinstance(value, torch.Tensor) and value.dim() > self.token_dim and value.shape[self.token_dim] == length:
             return permute_tokens(value, permutation, self.token_dim)
         return value
-
-    # -- resume -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self._stream is None:
-            return {}
-        return {"seed": self._stream.seed, "counter": self._stream.counter}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        restored = {"seed": int(state_dict["seed"]), "counter": int(state_dict["counter"])}
-        if self._stream is not None:
-            self._stream.seed, self._stream.counter = restored["seed"], restored["counter"]
-        else:
-            self._restored = restored

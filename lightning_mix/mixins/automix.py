@@ -26,6 +26,7 @@ from lightning_mix.mixing.mix_block import (
     mix_with_mask,
 )
 from lightning_mix.mixing.sampling import sample_beta
+from lightning_mix.mixins._mixin_state import lazy_stream, restore_stream
 
 __all__ = ["AutoMixMixin", "SAMixMixin", "mixed_cross_entropy"]
 
@@ -282,15 +283,7 @@ class AutoMixMixin:
     # -- randomness --------------------------------------------------------------------------------
 
     def _automix_stream(self) -> CounterStream:
-        stream = getattr(self, "_automix_rng", None)
-        if stream is None:
-            seed = self.automix_seed if self.automix_seed is not None else torch.initial_seed()
-            stream = CounterStream(seed, rank=getattr(self, "global_rank", 0))
-            restored = getattr(self, "_automix_restored", None)
-            if restored is not None:
-                stream.seed, stream.counter = restored["seed"], restored["counter"]
-            self._automix_rng = stream
-        return stream
+        return lazy_stream(self, "automix", self.automix_seed)
 
     def automix_draw(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         """This step's draws from the seeded stream (one stream position per call).
@@ -496,9 +489,8 @@ class AutoMixMixin:
             if saved["seed"] is not None
             else (self.automix_seed if self.automix_seed is not None else torch.initial_seed())
         )
-        self._automix_restored = {"seed": int(seed), "counter": int(saved["counter"])}
+        restore_stream(self, "automix", seed, saved["counter"])
         self._automix_restored_momentum = saved["momentum"]
-        self._automix_rng = None
         self._automix_momentum_state = None
         self._automix_synced_step = saved["synced_step"]
 

@@ -10,6 +10,7 @@ from lightning_mix.callbacks._batch_access import BatchKey
 from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import mixup_ndcg_loss, mixup_ranking_loss, soft_cross_entropy
 from lightning_mix.mixing import Mixup
+from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
 
 __all__ = ["RankMixupMixin"]
 
@@ -135,15 +136,7 @@ class RankMixupMixin:
         return 1 if self.rank_mixup_loss == "mrl" else 3
 
     def _rank_mixup_stream(self) -> CounterStream:
-        stream = getattr(self, "_rank_mixup_rng", None)
-        if stream is None:
-            seed = self.rank_mixup_seed if self.rank_mixup_seed is not None else torch.initial_seed()
-            stream = CounterStream(seed, rank=getattr(self, "global_rank", 0))
-            restored = getattr(self, "_rank_mixup_restored", None)
-            if restored is not None:
-                stream.seed, stream.counter = restored["seed"], restored["counter"]
-            self._rank_mixup_rng = stream
-        return stream
+        return lazy_stream(self, "rank_mixup", self.rank_mixup_seed)
 
     def rank_mixup_draw(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Partners (K, B) and lam (K, B) for this step's K mixed copies, from the seeded stream."""
@@ -198,15 +191,10 @@ class RankMixupMixin:
         parent = getattr(super(), "on_save_checkpoint", None)
         if parent is not None:
             parent(checkpoint)
-        stream = getattr(self, "_rank_mixup_rng", None)
-        if stream is not None:
-            checkpoint[_CHECKPOINT_KEY] = {"seed": stream.seed, "counter": stream.counter}
+        save_stream(self, "rank_mixup", checkpoint, _CHECKPOINT_KEY)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         parent = getattr(super(), "on_load_checkpoint", None)
         if parent is not None:
             parent(checkpoint)
-        state = checkpoint.get(_CHECKPOINT_KEY)
-        if state:
-            self._rank_mixup_restored = {"seed": int(state["seed"]), "counter": int(state["counter"])}
-            self._rank_mixup_rng = None
+        load_stream(self, "rank_mixup", checkpoint, _CHECKPOINT_KEY)

@@ -15,6 +15,7 @@ from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import dense_targets, sample_beta
 from lightning_mix.mixing.attention import AttentionCapture, resolve_attention_modules
 from lightning_mix.mixing.smmix import image_token_attention, smmix_images
+from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
 
 __all__ = ["SMMixMixin"]
 
@@ -143,15 +144,7 @@ class SMMixMixin:
     # -- draws -----------------------------------------------------------------------------------
 
     def _smmix_stream(self) -> CounterStream:
-        stream = getattr(self, "_smmix_rng", None)
-        if stream is None:
-            seed = self.smmix_seed if self.smmix_seed is not None else torch.initial_seed()
-            stream = CounterStream(seed, rank=getattr(self, "global_rank", 0))
-            restored = getattr(self, "_smmix_restored", None)
-            if restored is not None:
-                stream.seed, stream.counter = restored["seed"], restored["counter"]
-            self._smmix_rng = stream
-        return stream
+        return lazy_stream(self, "smmix", self.smmix_seed)
 
     def smmix_side_choices(self, grid: int) -> list[int]:
         """The window sides (in patches) drawn uniformly for a ``grid x grid`` patch grid."""
@@ -279,15 +272,10 @@ class SMMixMixin:
         parent = getattr(super(), "on_save_checkpoint", None)
         if parent is not None:
             parent(checkpoint)
-        stream = getattr(self, "_smmix_rng", None)
-        if stream is not None:
-            checkpoint[_CHECKPOINT_KEY] = {"seed": stream.seed, "counter": stream.counter}
+        save_stream(self, "smmix", checkpoint, _CHECKPOINT_KEY)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         parent = getattr(super(), "on_load_checkpoint", None)
         if parent is not None:
             parent(checkpoint)
-        state = checkpoint.get(_CHECKPOINT_KEY)
-        if state:
-            self._smmix_restored = {"seed": int(state["seed"]), "counter": int(state["counter"])}
-            self._smmix_rng = None
+        load_stream(self, "smmix", checkpoint, _CHECKPOINT_KEY)
