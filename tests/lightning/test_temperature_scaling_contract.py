@@ -181,3 +181,28 @@ def test_the_hook_is_removed_when_a_test_run_fails(tmp_path):
     x = torch.randn(3, 12)
     with torch.no_grad():
         assert torch.equal(model(x), model.net(x) * 3)  # no scaled forward left behind
+
+
+@pytest.mark.parametrize("soup_first", [True, False], ids=["soup-then-TS", "TS-then-soup"])
+def test_fits_on_the_soup_the_module_ends_with_whatever_the_order(tmp_path, soup_first):
+    """Issue 10 item 5: with ModelSoup the temperature is fitted on the soup, not on the trained weights."""
+    from lightning_mix.callbacks import ModelSoup
+
+    torch.manual_seed(0)
+    model = Linear()
+    ts = TemperatureScaling(verbose=False, fit_every_validation=False)
+    soup = ModelSoup(recalibrate_bn=False, keep="uniform", save_soups=False)
+    trained = {}
+
+    class RecordTrained(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trained.update({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    callbacks = [soup, ts] if soup_first else [ts, soup]
+    vx, vy = _tensors(seed=1)
+    _trainer(tmp_path, [RecordTrained(), *callbacks]).fit(model, _loader(*_tensors()), _loader(vx, vy))
+    assert not torch.equal(model.net.weight, trained["net.weight"])  # the uniform soup replaced the weights
+    assert ts.temperature == pytest.approx(_expected_temperature(model, vx, vy), rel=1e-5)
+    trained_model = Linear()
+    trained_model.load_state_dict(trained)
+    assert abs(ts.temperature - _expected_temperature(trained_model, vx, vy)) > 1e-4  # it would differ
