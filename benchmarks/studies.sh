@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The quality studies of docs/benchmarks/, each one `lightning-mix compare` command.
+#
+#   bash benchmarks/studies.sh STUDY [SEED ...]
+#
+# STUDY is one of: mixing (SmallCNN on clean MNIST5k), mixing-noise30 (the same with 30% of the
+# training labels flipped), vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
+# studies/STUDY/ (results.md, results.csv, each run's test predictions). compare resumes: a finished
+# (method, seed) run is not run again, so running the script with more seeds, or again after an
+# interruption, only runs what is missing. Every run trains for the epochs given below, then the
+# table is computed from the stored test predictions.
+set -euo pipefail
+
+study=${1:?usage: bash benchmarks/studies.sh mixing|mixing-noise30|vit [SEED ...]}
+shift
+seeds=("$@")
+if [ ${#seeds[@]} -eq 0 ]; then seeds=(0 1 2 3 4); fi
+
+base=examples/mnist5k.yaml
+# ERM, the batch mixers, the saliency- and transport-guided mixers (issue 15) and the learned
+# mixers (issue 16), all on SmallCNN with the base recipe of examples/mnist5k.yaml.
+mixing_methods=(
+  --method "erm=$base"
+  --method "mixup=$base,callbacks/mixup.yaml"
+  --method "cutmix=$base,callbacks/cutmix.yaml"
+  --method "saliencymix=$base,callbacks/saliencymix.yaml"
+  --method "puzzlemix=$base,callbacks/puzzlemix.yaml"
+  --method "comixup=$base,callbacks/comixup.yaml"
+  --method "alignmixup=$base,callbacks/alignmixup.yaml"
+  --method "sumix=examples/mnist5k_sumix.yaml"
+  --method "automix=examples/mnist5k_automix.yaml"
+  --method "samix=examples/mnist5k_samix.yaml"
+  --method "adautomix=examples/mnist5k_adautomix.yaml"
+  --method "adamixup=examples/mnist5k_adamixup.yaml"
+)
+vit=examples/mnist5k_vit.yaml
+vit_methods=(
+  --method "erm=$vit"
+  --method "mixup=$vit,callbacks/mixup.yaml"
+  --method "cutmix=$vit,callbacks/cutmix.yaml"
+  --method "transmix=$vit,callbacks/transmix.yaml"
+  --method "tl_align=$vit,callbacks/tl_align.yaml"
+  --method "smmix=examples/mnist5k_smmix_vit.yaml"
+)
+common=(--trainer.logger false --trainer.enable_checkpointing false)
+
+case "$study" in
+  mixing)
+    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output studies/mixing \
+      -- --trainer.max_epochs 30 "${common[@]}" ;;
+  mixing-noise30)
+    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output studies/mixing-noise30 \
+      -- --trainer.max_epochs 30 --data.init_args.label_noise 0.3 "${common[@]}" ;;
+  vit)
+    lightning-mix compare "${vit_methods[@]}" --seeds "${seeds[@]}" --output studies/vit \
+      -- "${common[@]}" ;;
+  *)
+    echo "unknown study '$study': choose mixing, mixing-noise30 or vit" >&2
+    exit 2 ;;
+esac
