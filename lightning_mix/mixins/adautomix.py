@@ -12,6 +12,7 @@ ResNet-18 config (``configs/classification/cifar100/basic/r18_adautomix_bilinear
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -280,11 +281,12 @@ class AdAutoMixMixin(MomentumEncoderBase):
                 "build it from [p for p in self.parameters() if p not in set(self.adautomix_generator.parameters())]."
             )
         for config in self.trainer.lr_scheduler_configs:
-            if config.reduce_on_plateau or config.interval not in ("step", "epoch"):
+            plateau = isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            if plateau or config.interval not in ("step", "epoch"):
                 raise ValueError(
                     "AdAutoMixMixin steps the schedulers itself (manual optimisation) and supports "
                     "interval='step' or 'epoch' without ReduceLROnPlateau; got "
-                    f"interval={config.interval!r}, reduce_on_plateau={config.reduce_on_plateau}."
+                    f"interval={config.interval!r}, {type(config.scheduler).__name__}."
                 )
 
     # -- randomness --------------------------------------------------------------------------------
@@ -383,10 +385,14 @@ class AdAutoMixMixin(MomentumEncoderBase):
         }
 
     def _adautomix_total_steps(self) -> float:
-        batches = self.trainer.estimated_stepping_batches
-        if batches == float("inf"):
-            return batches
-        return max(1, -(-int(batches) // self.adautomix_accumulate_grad_batches))
+        """The fit's optimisation steps: ``trainer.estimated_stepping_batches`` with this mixin's accumulation."""
+        trainer = self.trainer
+        max_steps = trainer.max_steps if trainer.max_steps != -1 else float("inf")
+        batches = trainer.num_training_batches
+        if trainer.max_epochs == -1 or batches == float("inf"):
+            return max_steps
+        steps = math.ceil(batches / self.adautomix_accumulate_grad_batches) * max(trainer.max_epochs, 1)
+        return min(steps, max_steps)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, labels = batch[self.automix_input_key], batch[self.automix_target_key]
