@@ -116,6 +116,13 @@ class AdAutoMixMixin(MomentumEncoderBase):
     batch of an epoch), and the target network, the adversarial parity and step schedulers follow
     optimisation steps.
 
+    **DDP**: gradients are averaged by DDP as usual (one backward per batch). Lightning's DDP
+    wrapper stops broadcasting buffers under manual optimisation, so the mixin broadcasts rank 0's
+    buffers (BatchNorm statistics) at the start of every training step, as DDP does under automatic
+    optimisation. Each rank draws its own mixtures (the stream is offset by the rank). The target
+    network's buffers are never read (it runs in train mode) and stay per rank; the checkpoint
+    holds rank 0's.
+
     **Checkpoint**: the generator is a submodule (its weights in ``state_dict``); both optimiser and
     scheduler states are in Lightning's checkpoint; the target network, the step it is synced to
     and the draw stream go under ``checkpoint["adautomix"]``. Resuming from a checkpoint written
@@ -394,8 +401,31 @@ class AdAutoMixMixin(MomentumEncoderBase):
         steps = math.ceil(batches / self.adautomix_accumulate_grad_batches) * max(trainer.max_epochs, 1)
         return min(steps, max_steps)
 
+    def _adautomix_broadcast_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) to every rank, as DDP's ``broadcast_buffers`` does before a forward.
+
+        Under manual optimisation Lightning's DDP wrapper turns that broadcast off after the first step
+        (the backward runs inside ``training_step``), so each rank's statistics would drift apart; this
+        restores DDP's automatic-optimisation behaviour. One broadcast per dtype (the buffers flattened).
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        if torch.distributed.get_world_size() < 2:
+            return
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for _, buffer in self.named_buffers():
+            groups.setdefault(buffer.dtype, []).append(buffer)
+        for buffers in groups.values():
+            flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+            torch.distributed.broadcast(flat, src=0)
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, labels = batch[self.automix_input_key], batch[self.automix_target_key]
+        self._adautomix_broadcast_buffers()
         step = self.trainer.global_step
         self.automix_sync_momentum(step, self._adautomix_total_steps())
         out = self.adautomix_losses(inputs, labels, adversarial=step % 2 == 0)
