@@ -183,3 +183,38 @@ def test_bad_options_are_refused_at_init():
     ):
         with pytest.raises(ValueError, match=match):
             AdAutoMixSmallCNN(width=4, **options)
+
+
+def test_one_backward_fills_each_networks_grad_from_its_own_objective_only():
+    model = _model(3)
+    x, y = _batch()
+    out = model.adautomix_losses(x, y, adversarial=True)
+    gen = dict(model.adautomix_generator.named_parameters())
+    net = {n: p for n, p in model.named_parameters() if not n.startswith("adautomix_generator.")}
+    expected_net = torch.autograd.grad(out["classifier_loss"], list(net.values()), retain_graph=True)
+    expected_gen = torch.autograd.grad(out["generator_loss"], list(gen.values()), retain_graph=True)
+    out["loss"].backward()
+    for (name, p), g in zip(net.items(), expected_net):
+        torch.testing.assert_close(p.grad, g, msg=name)
+    for (name, p), g in zip(gen.items(), expected_gen):
+        torch.testing.assert_close(p.grad, g, msg=name)
+        assert float(p.grad.abs().sum()) > 0, name
+    for name, t in model.automix_momentum_state().items():  # the target network is no parameter: no gradient
+        assert t.grad is None and not t.requires_grad, name
+
+
+def test_lam_embedding_concat_makes_the_shares_depend_on_lam():
+    torch.manual_seed(2)
+    generator = AdaptiveMaskGenerator(8, lam_embedding="concat")
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.normal_(std=0.3)
+    features = torch.randn(3, 5, 8, 4, 4)
+    a = generator(features, torch.tensor([0.6, 0.3, 0.1]), (8, 8))
+    b = generator(features, torch.tensor([0.1, 0.3, 0.6]), (8, 8))
+    torch.testing.assert_close(a.sum(dim=1), torch.ones(5, 8, 8))
+    assert not torch.allclose(a, b)
+    plain = AdaptiveMaskGenerator(8)
+    torch.testing.assert_close(
+        plain(features, torch.tensor([0.6, 0.3, 0.1]), (8, 8)), plain(features, torch.tensor([0.1, 0.3, 0.6]), (8, 8))
+    )
