@@ -222,7 +222,7 @@ def test_model_soup_ingredients_hold_the_generator():
 
     pl.seed_everything(0)
     model = _model()
-    soup = ModelSoup(recalibrate_bn=False)
+    soup = ModelSoup(recalibrate_bn=False, save_soups=False)
     trainer = _trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=2, callbacks=[soup])
     trainer.fit(model, _loader(), _loader())
     ingredients = soup.ingredient_state_dicts()
