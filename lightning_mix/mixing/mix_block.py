@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "AdaptiveMaskGenerator",
     "PixelMixBlock",
     "SAMixBlock",
     "adjust_mask_to_lam",
     "automix_mask_loss",
     "automix_momentum",
     "mix_with_mask",
+    "mix_with_masks",
     "rescale_lam",
 ]
 
@@ -257,3 +259,93 @@ def automix_momentum(
     if step < int(total * start):
         return float(base)
     return float(end - (end - base) * (math.cos(math.pi * min(step, total) / total) + 1) / 2)
+
+
+class AdaptiveMaskGenerator(nn.Module):
+    """AdAutoMix's mixed-sample generator: per-pixel shares of ``N`` images from their feature maps.
+
+    Follows ``AdaptiveMask`` of JinXins/Adversarial-AutoMixup (``openmixup/models/heads/Ada_mix_pine.py``)
+    in the configuration of the authors' CIFAR ResNet-18 run (``configs/classification/cifar100/basic/
+    r18_adautomix_bilinear.py``: ``reduction=2, lam_concat=False, use_scale=True``, bilinear upsampling).
+    ``forward(features, lam, size)`` takes the feature maps of the ``N`` images mixed into each
+    output, stacked as (N, B, C, h, w) (slot ``i`` holds image ``i``'s features for every output
+    sample), the slots' ratios ``lam`` (N,) and the input size ``(H, W)``; it returns the shares
+    ``m`` (B, N, H, W), in (0, 1) and summing to 1 over the N slots at every pixel::
+
+        q_i = W_q z_i,  k_i = W_k z_i,  v_i = W_v z_i                 (1x1 convolutions)
+        P_i = softmax(sum_{j != i} q_i^T k_j / sqrt(C/r))           (B, hw, hw), rows sum to 1
+        m = softmax_over_i(upsample(P_i v_i))
+
+    The mixed image is ``sum_i x_i * m_i`` (:func:`mix_with_masks`). The attention and the masks are
+    computed in float32 with autocast off. With ``lam_embedding="concat"`` a constant channel
+    ``lam_i`` is appended to ``z_i`` (the authors' ``lam_concat`` option; their CIFAR runs leave it
+    off, so only the labels carry lam there). Convolutions start as N(0, 0.01), biases 0 (the
+    authors' ``init_weights(init_linear="normal")``).
+
+    Args:
+        in_channels: channels C of the feature map.
+        reduction: r, the query/key width is ``max(C // r, 1)`` (authors: 2).
+        upsample_mode: ``"bilinear"`` (authors' CIFAR ResNet runs), ``"nearest"`` or ``"bicubic"``.
+        lam_embedding: ``"none"`` (authors' CIFAR setting) or ``"concat"``.
+    """
+
+    def __init__(
+        self, in_channels: int, reduction: int = 2, upsample_mode: str = "bilinear", lam_embedding: str = "none"
+    ) -> None:
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}.")
+        if reduction < 1:
+            raise ValueError(f"reduction must be at least 1, got {reduction}.")
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}.")
+        if lam_embedding not in LAM_EMBEDDINGS:
+            raise ValueError(f"lam_embedding must be one of {LAM_EMBEDDINGS}, got {lam_embedding!r}.")
+        self.in_channels = int(in_channels)
+        self.inter_channels = max(in_channels // reduction, 1)
+        self.upsample_mode = upsample_mode
+        self.lam_embedding = lam_embedding
+        width = in_channels + (1 if lam_embedding == "concat" else 0)
+        self.query = nn.Conv2d(width, self.inter_channels, kernel_size=1)
+        self.key = nn.Conv2d(width, self.inter_channels, kernel_size=1)
+        self.value = nn.Conv2d(width, 1, kernel_size=1)
+        for conv in (self.query, self.key, self.value):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: torch.Tensor, lam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if features.dim() != 5 or features.shape[2] != self.in_channels or features.shape[0] < 2:
+            raise ValueError(
+                f"AdaptiveMaskGenerator expects feature maps of shape (N >= 2, B, {self.in_channels}, h, w), "
+                f"got {tuple(features.shape)}; check the feature layer and feature_channels."
+            )
+        slots, n, _, h, w = features.shape
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            z = features.float().flatten(0, 1)  # (N * B, C, h, w), slot-major
+            if self.lam_embedding == "concat":
+                lam_map = lam.float().view(slots, 1, 1, 1, 1).expand(slots, n, 1, h, w).flatten(0, 1)
+                z = torch.cat([z, lam_map], dim=1)
+
+            def conv(layer: nn.Conv2d) -> torch.Tensor:  # float32 even in a half-precision model
+                return F.conv2d(z, layer.weight.float(), layer.bias.float())
+
+            q = conv(self.query).flatten(2).transpose(1, 2).view(slots, n, h * w, -1)  # (N, B, hw, c)
+            k = conv(self.key).flatten(2).view(slots, n, -1, h * w)  # (N, B, c, hw)
+            v = conv(self.value).flatten(2).transpose(1, 2).view(slots, n, h * w, 1)  # (N, B, hw, 1)
+            others = k.sum(dim=0, keepdim=True) - k  # sum over j != i of k_j
+            attention = torch.softmax(torch.matmul(q, others) / math.sqrt(self.inter_channels), dim=-1)
+            logits = torch.matmul(attention, v).view(slots, n, h, w).transpose(0, 1)  # (B, N, h, w)
+            logits = F.interpolate(logits, size=tuple(size), mode=self.upsample_mode)
+            return torch.softmax(logits, dim=1)
+
+
+def mix_with_masks(inputs: torch.Tensor, indices: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """``sum_i x[indices[i]] * m[:, i]``: the images of ``N`` slots mixed with per-pixel shares, in ``x``'s dtype.
+
+    ``indices`` (N, B) gives each slot's image for every output sample; ``shares`` (B, N, H, W) or
+    (B, N, 1, 1) (constant shares: plain multi-sample Mixup) is broadcast over channels.
+    """
+    slots = indices.shape[0]
+    gathered = inputs.index_select(0, indices.flatten()).view(slots, *inputs.shape)  # (N, B, C, H, W)
+    weights = shares.to(inputs.dtype).transpose(0, 1).unsqueeze(2)  # (N, B, 1, H, W)
+    return (gathered * weights).sum(dim=0)

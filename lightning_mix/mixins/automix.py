@@ -13,24 +13,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_mix.averaging.ema import ema_update_
 from lightning_mix.callbacks._batch_access import BatchKey
-from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing.mix_block import (
     PixelMixBlock,
     SAMixBlock,
     adjust_mask_to_lam,
     automix_mask_loss,
-    automix_momentum,
     mix_with_mask,
 )
 from lightning_mix.mixing.sampling import sample_beta
-from lightning_mix.mixins._mixin_state import lazy_stream, restore_stream
+from lightning_mix.mixins._momentum_encoder import MomentumEncoderBase
 
 __all__ = ["AutoMixMixin", "SAMixMixin", "mixed_cross_entropy"]
 
-_CHECKPOINT_KEY = "automix"
 _BLOCK_NAME = "automix_block"
 
 
@@ -46,27 +42,7 @@ def mixed_cross_entropy(
     return torch.lerp(partner, own, lam.to(own.dtype)).mean()
 
 
-class _FeaturesReady(Exception):
-    """Raised by the feature hook to stop a features-only forward once the feature layer has run."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        super().__init__("features ready")
-        self.features = features
-
-
-class _MethodCall(nn.Module):
-    """Calls ``module.<method>(x)``, so ``torch.func.functional_call`` can run any method with other weights."""
-
-    def __init__(self, module: nn.Module, method: str) -> None:
-        super().__init__()
-        self.module = module
-        self.method = method
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return getattr(self.module, self.method)(inputs)
-
-
-class AutoMixMixin:
+class AutoMixMixin(MomentumEncoderBase):
     """Adds AutoMix's training step to a LightningModule; you supply the network and the optimiser.
 
     **The contract** (what the mixin needs from your module):
@@ -243,24 +219,9 @@ class AutoMixMixin:
             ),
         )
 
-    # -- checks ----------------------------------------------------------------------------------
-
-    def _automix_block(self) -> nn.Module:
-        block = getattr(self, _BLOCK_NAME, None)
-        if block is None:
-            raise RuntimeError(
-                "AutoMixMixin: call self.configure_automix(feature_layer=..., feature_channels=...) in __init__."
-            )
-        return block
-
     def _automix_check(self) -> None:
+        super()._automix_check()
         block = self._automix_block()
-        modules = dict(self.named_modules())
-        if self.automix_feature_layer not in modules:
-            names = [n for n in modules if n and not n.startswith(_BLOCK_NAME)][:20]
-            raise ValueError(
-                f"feature_layer {self.automix_feature_layer!r} is not a layer of the module; some names: {names}."
-            )
         if not self.automatic_optimization:
             raise RuntimeError(
                 "AutoMixMixin uses automatic optimisation (one optimiser, as the authors); "
@@ -273,17 +234,6 @@ class AutoMixMixin:
                 f"The Mix Block's parameters {missing} are in no optimiser; optimise self.parameters() in "
                 "configure_optimizers (the Mix Block trains with the classifier, as the authors)."
             )
-
-    def on_fit_start(self) -> None:
-        parent = getattr(super(), "on_fit_start", None)
-        if parent is not None:
-            parent()
-        self._automix_check()
-
-    # -- randomness --------------------------------------------------------------------------------
-
-    def _automix_stream(self) -> CounterStream:
-        return lazy_stream(self, "automix", self.automix_seed)
 
     def automix_draw(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         """This step's draws from the seeded stream (one stream position per call).
@@ -305,96 +255,6 @@ class AutoMixMixin:
             "lam_bb": lam[1].expand(batch_size),
             "adjust_draw": adjust_draw,
         }
-
-    # -- momentum copy -----------------------------------------------------------------------------
-
-    def _automix_online(self) -> tuple[list[str], list[torch.Tensor], list[str], list[torch.Tensor]]:
-        """Names and live tensors of the network's parameters and buffers, the Mix Block excluded."""
-        prefix = _BLOCK_NAME + "."
-        params = [(n, p) for n, p in self.named_parameters() if not n.startswith(prefix)]
-        buffers = [(n, b) for n, b in self.named_buffers() if not n.startswith(prefix)]
-        return [n for n, _ in params], [p for _, p in params], [n for n, _ in buffers], [b for _, b in buffers]
-
-    def automix_momentum_state(self) -> dict[str, torch.Tensor]:
-        """The momentum copy, name -> tensor (parameters in float32, then buffers); created on first use."""
-        state = getattr(self, "_automix_momentum_state", None)
-        if state is None:
-            param_names, params, buffer_names, buffers = self._automix_online()
-            restored = getattr(self, "_automix_restored_momentum", None)
-            state = {}
-            for name, tensor in zip(param_names, params):
-                source = restored[name] if restored is not None else tensor.detach()
-                state[name] = source.to(device=tensor.device, dtype=torch.float32, copy=True)
-            for name, tensor in zip(buffer_names, buffers):
-                source = restored[name] if restored is not None else tensor.detach()
-                state[name] = source.to(device=tensor.device, dtype=tensor.dtype, copy=True)
-            self._automix_momentum_state = state
-            self._automix_param_names = param_names
-            if not hasattr(self, "_automix_synced_step"):
-                self._automix_synced_step = None
-        elif state:
-            device = next(self.parameters()).device
-            if next(iter(state.values())).device != device:  # the module moved since the copy was made
-                for name in state:
-                    state[name] = state[name].to(device)
-        return state
-
-    def automix_sync_momentum(self, step: int, total_steps: float) -> None:
-        """Bring the momentum copy up to optimiser step ``step``: one EMA update if it lags behind.
-
-        The update uses the network's current parameters and ``automix_momentum(step - 1, total_steps)``.
-        The first call only records ``step`` (the copy starts equal to the network).
-        """
-        state = self.automix_momentum_state()
-        if self._automix_synced_step is None:
-            self._automix_synced_step = step
-            return
-        if step == self._automix_synced_step:
-            return
-        if total_steps == float("inf"):
-            momentum = self.automix_base_momentum
-        else:
-            momentum = automix_momentum(
-                step - 1,
-                int(total_steps),
-                self.automix_base_momentum,
-                self.automix_end_momentum,
-                self.automix_momentum_start,
-            )
-        names, params, _, _ = self._automix_online()
-        ema_update_([state[n] for n in names], params, momentum)
-        self._automix_synced_step = step
-
-    def _automix_call(self, state: dict[str, torch.Tensor] | None, inputs: torch.Tensor) -> torch.Tensor:
-        method = getattr(self, self.automix_logits_method)
-        if state is None:
-            return method(inputs)
-        dtype = next(self.parameters()).dtype
-        if dtype != torch.float32:  # true half precision: run the float32 copy in the network's dtype
-            names = set(self._automix_param_names)
-            state = {n: (t.to(dtype) if n in names else t) for n, t in state.items()}
-        wrapper = _MethodCall(self, self.automix_logits_method)
-        return torch.func.functional_call(wrapper, {"module." + n: t for n, t in state.items()}, (inputs,))
-
-    def automix_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The momentum copy's feature map at ``feature_layer`` (no gradient); the forward stops there."""
-        layer = dict(self.named_modules())[self.automix_feature_layer]
-
-        def stop(module: nn.Module, args: Any, output: Any) -> None:
-            raise _FeaturesReady(output)
-
-        handle = layer.register_forward_hook(stop)
-        try:
-            with torch.no_grad():
-                self._automix_call(self.automix_momentum_state(), inputs)
-        except _FeaturesReady as ready:
-            return ready.features
-        finally:
-            handle.remove()
-        raise RuntimeError(
-            f"{self.automix_logits_method}() never ran the feature layer {self.automix_feature_layer!r}; "
-            "choose a layer on the path from inputs to logits."
-        )
 
     # -- the step ------------------------------------------------------------------------------------
 
@@ -459,40 +319,6 @@ class AutoMixMixin:
             self.log(f"train/{key}", out[key], on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return out["loss"]
-
-    # -- checkpoint ----------------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_save_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        state = getattr(self, "_automix_momentum_state", None)
-        stream = getattr(self, "_automix_rng", None)
-        if state is None and stream is None:
-            return
-        checkpoint[_CHECKPOINT_KEY] = {
-            "momentum": {n: t.detach().clone() for n, t in state.items()} if state is not None else None,
-            "synced_step": getattr(self, "_automix_synced_step", None),
-            "seed": stream.seed if stream is not None else None,
-            "counter": stream.counter if stream is not None else 0,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_load_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        saved = checkpoint.get(_CHECKPOINT_KEY)
-        if not saved:
-            return
-        seed = (
-            saved["seed"]
-            if saved["seed"] is not None
-            else (self.automix_seed if self.automix_seed is not None else torch.initial_seed())
-        )
-        restore_stream(self, "automix", seed, saved["counter"])
-        self._automix_restored_momentum = saved["momentum"]
-        self._automix_momentum_state = None
-        self._automix_synced_step = saved["synced_step"]
 
 
 class SAMixMixin(AutoMixMixin):
