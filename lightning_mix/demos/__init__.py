@@ -1,5 +1,6 @@
 """Embedded data sets and small models for examples, tests and benchmarks (like ``lightning.pytorch.demos``)."""
 
+from lightning_mix.demos.adamixup_cnn import AdaMixUpSmallCNN
 from lightning_mix.demos.data_modules import (
     DiabetesDataModule,
     MNIST5kDataModule,
@@ -11,6 +12,7 @@ from lightning_mix.demos.smmix_vit import SMMixTinyViT
 from lightning_mix.demos.vit import TinyViT
 
 __all__ = [
+    "AdaMixUpSmallCNN",
     "DiabetesDataModule",
     "MLPRegressor",
     "MNIST5kDataModule",
