@@ -20,9 +20,7 @@ def test_adamixup_ddp_ranks_agree_draw_differently_and_resume_exactly(tmp_path):
     for name in params:  # DDP kept classifier, generator and discriminator equal on both ranks
         torch.testing.assert_close(s0["state"][name], s1["state"][name], rtol=0, atol=0, msg=name)
     assert s0["counter"] == s1["counter"] == 4
-    assert not torch.equal(s0["next_perm"], s1["next_perm"]) or not torch.equal(
-        s0["next_uniform"], s1["next_uniform"]
-    )
+    assert not torch.equal(s0["next_perm"], s1["next_perm"]) or not torch.equal(s0["next_uniform"], s1["next_uniform"])
     for straight, resumed in ((s0, r0), (s1, r1)):
         for name, value in straight["state"].items():
             torch.testing.assert_close(value, resumed["state"][name], rtol=0, atol=0, msg=name)
