@@ -60,11 +60,11 @@ class AdaMixUpMixin:
     **The contract** (what the mixin needs from your module):
 
     * ``features_method`` (default ``"forward_features"``): maps a batch of inputs to the trunk's
-      features, (B, F) or a feature map (B, F, *spatial), which the mixin's heads read averaged over
+      features, ``(B, F)`` or a feature map ``(B, F, *spatial)``, which the mixin's heads read averaged over
       the spatial dimensions; ``feature_dim`` is F.
     * ``head_method`` (default ``"forward_head"``): maps those features to class logits, so that
       ``head(features(x))`` is your classifier. Labels are class indices (B,) or dense targets (B, C).
-    * ``policy_trunk``: the generator's own network from inputs to features (B, P) or (B, P, *spatial),
+    * ``policy_trunk``: the generator's own network from inputs to features ``(B, P)`` or ``(B, P, *spatial)``,
       ``policy_feature_dim`` = P. The authors give the generator a second network of the classifier's
       architecture with its own weights: pass a fresh instance of your trunk (the demo
       :class:`~lightning_mix.demos.AdaMixUpSmallCNN` does). ``None`` makes the generator read the
@@ -261,7 +261,7 @@ class AdaMixUpMixin:
         """This step's draws from the seeded stream (one stream position per call), for a batch ``inputs``.
 
         ``perm`` (B,), a permutation of the batch (the partner of pair ``i`` is ``perm[i]``); ``noise``
-        (2, n, *sample shape), standard normal truncated to [-2, 2], the generator's input noise for
+        ``(2, n, *sample_shape)``, standard normal truncated to [-2, 2], the generator's input noise for
         ``x1`` and ``x2``; ``uniform`` (n,), the U(0, 1) draws placing each lam in its region.
         """
         batch_size = inputs.shape[0]
