@@ -115,7 +115,9 @@ def main() -> None:
                 times[m].append(time.perf_counter() - start)
     median = {m: statistics.median(times[m]) for m in methods}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, width {args.width}")
-    print("| method | step (ms) | vs ERM | vs Mixup | saved for backward (MiB) | vs ERM | vs Mixup | extra state (KiB) |")
+    print(
+        "| method | step (ms) | vs ERM | vs Mixup | saved for backward (MiB) | vs ERM | vs Mixup | extra state (KiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         print(
