@@ -221,6 +221,10 @@ def test_exact_resume_of_network_heads_optimiser_and_draws(tmp_path, accumulate)
         for name in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state_a[key][name], state_b[key][name], rtol=0, atol=0)
     assert straight._adamixup_rng.counter == resumed._adamixup_rng.counter == 8
+    loaded = AdaMixUpSmallCNN.load_from_checkpoint(tmp_path / "epoch=1.ckpt")  # rebuilt from the saved hparams
+    assert loaded.hparams.width == 4 and loaded.adamixup_policy_trunk is not None
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_bf16_mixed_trains_the_heads_with_float32_regions():
