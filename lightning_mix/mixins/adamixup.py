@@ -119,8 +119,9 @@ class AdaMixUpMixin:
     biases (the authors' initialiser), so the first regions are about ``[1/3, 2/3]``.
 
     **Randomness**: the permutation, the noise and ``u`` come from the mixin's seeded stream (one
-    position per training step, saved in checkpoints under ``checkpoint["adamixup"]``), so a resumed
-    fit draws what an uninterrupted one draws. DDP ranks draw differently.
+    position per ``training_step`` call, i.e. per micro-batch, saved in checkpoints under
+    ``checkpoint["adamixup"]``), so a resumed fit draws what an uninterrupted one draws. DDP ranks
+    draw differently.
 
     **Checkpoint**: generator and discriminator are submodules (weights in ``state_dict``, moments in
     your optimiser's state). ``on_save_checkpoint``/``on_load_checkpoint``/``on_fit_start`` call
