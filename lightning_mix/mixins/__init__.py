@@ -1,8 +1,9 @@
 """LightningModule mixins for methods that must change the training step (extra forward passes, ...)."""
 
+from lightning_mix.mixins.adamixup import AdaMixUpMixin
 from lightning_mix.mixins.adautomix import AdAutoMixMixin
 from lightning_mix.mixins.automix import AutoMixMixin, SAMixMixin
 from lightning_mix.mixins.rank_mixup import RankMixupMixin
 from lightning_mix.mixins.smmix import SMMixMixin
 
-__all__ = ["AdAutoMixMixin", "AutoMixMixin", "RankMixupMixin", "SAMixMixin", "SMMixMixin"]
+__all__ = ["AdAutoMixMixin", "AdaMixUpMixin", "AutoMixMixin", "RankMixupMixin", "SAMixMixin", "SMMixMixin"]

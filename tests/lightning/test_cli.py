@@ -178,3 +178,32 @@ def test_main_destroys_the_process_group_even_when_the_command_fails(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+ADAMIXUP = ROOT / "examples" / "mnist5k_adamixup.yaml"
+
+
+def test_adamixup_fit_line_is_documented_and_run():
+    """The AdaMixUp demo's fit line is one of the combinations the slow test above runs."""
+    assert ("examples/mnist5k_adamixup.yaml",) in documented_combinations()
+    assert config_callbacks(ADAMIXUP) == []
+
+
+@pytest.mark.slow
+def test_adamixup_config_trains_the_adamixup_demo_with_the_base_options(tmp_path, monkeypatch):
+    from lightning_mix.demos import AdaMixUpSmallCNN
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", "--config", str(ADAMIXUP), *TINY_RUN, "--test_after_fit=false"])
+    model = cli.model
+    assert isinstance(model, AdaMixUpSmallCNN)
+    assert model.hparams.width == 32 and model.hparams.lr == 0.003  # as examples/mnist5k.yaml
+    assert model.adamixup_intrusion_weight == 1.0 and model.adamixup_policy_head[0].out_features == 100
+    assert cli.trainer.global_step == 2 and "train/intrusion_loss" in cli.trainer.callback_metrics
+
+
+@pytest.mark.slow
+def test_adamixup_config_with_a_mixing_preset_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="AdaMixUpMixin"):
+        run_cli(["fit", "--config", str(ADAMIXUP), "--config", str(ROOT / "callbacks" / "mixup.yaml"), *TINY_RUN])
