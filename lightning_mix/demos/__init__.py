@@ -1,7 +1,7 @@
 """Embedded data sets and small models for examples, tests and benchmarks (like ``lightning.pytorch.demos``)."""
 
-from lightning_mix.demos.adautomix_cnn import AdAutoMixSmallCNN
 from lightning_mix.demos.adamixup_cnn import AdaMixUpSmallCNN
+from lightning_mix.demos.adautomix_cnn import AdAutoMixSmallCNN
 from lightning_mix.demos.data_modules import (
     DiabetesDataModule,
     MNIST5kDataModule,
