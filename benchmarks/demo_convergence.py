@@ -5,6 +5,9 @@ Trains ``SmallCNN()`` (defaults: width 32, AdamW lr 2e-3, weight decay 5e-4, cos
 for ``--epochs`` epochs with seed ``--seed``, then tests the final weights on the 1,000 test images.
 
 Usage: ``python benchmarks/demo_convergence.py [--epochs 30] [--seed 0] [--random-shift 2]``.
+The recipe screen of docs/benchmarks/demos.md varies ``--width``, ``--lr``, ``--weight-decay``,
+``--batch-size`` and adds a random affine transform of the training images (``--affine-degrees``,
+``--affine-scale``: rotation up to that many degrees, scale in [1 - s, 1 + s], before the shift).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import argparse
 import time
 
 import lightning.pytorch as pl
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
@@ -30,11 +36,32 @@ class _PrintValidation(pl.Callback):
             )
 
 
+class _AffineTrainSet(Dataset):
+    """The training set with a random rotation and scale of each image before its own transform."""
+
+    def __init__(self, base: Dataset, degrees: float, scale: float, fill: float) -> None:
+        self.base = base
+        self.affine = v2.RandomAffine(degrees=degrees, scale=(1 - scale, 1 + scale), fill=fill)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.base[index]
+        return self.affine(image), label
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-shift", type=int, default=2)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--affine-degrees", type=float, default=0.0)
+    parser.add_argument("--affine-scale", type=float, default=0.0)
     args = parser.parse_args()
     pl.seed_everything(args.seed)
     trainer = pl.Trainer(
@@ -46,9 +73,13 @@ def main() -> None:
         enable_model_summary=False,
         callbacks=[_PrintValidation()],
     )
-    data = MNIST5kDataModule(random_shift=args.random_shift)
+    data = MNIST5kDataModule(batch_size=args.batch_size, random_shift=args.random_shift)
+    if args.affine_degrees or args.affine_scale:
+        data.setup("fit")
+        background = float(data.train_set[0][0].min())  # the normalised value of a black pixel
+        data.train_set = _AffineTrainSet(data.train_set, args.affine_degrees, args.affine_scale, background)
     start = time.perf_counter()
-    model = SmallCNN()
+    model = SmallCNN(width=args.width, lr=args.lr, weight_decay=args.weight_decay)
     trainer.fit(model, datamodule=data)
     fit_seconds = time.perf_counter() - start
     result = trainer.test(model, datamodule=data, verbose=False)[0]
