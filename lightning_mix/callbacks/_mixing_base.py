@@ -19,7 +19,7 @@ __all__ = ["MixingCallbackBase", "infer_num_classes", "check_single_mixer"]
 
 def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: Callback) -> None:
     """Raise when the Trainer mixes twice: two mixing callbacks, or a mixing callback and a module that mixes its
-    own batches (RankMixupMixin, SMMixMixin).
+    own batches (RankMixupMixin, SMMixMixin, SUMixMixin).
 
     Two mixers would be applied in turn (a mix of mixes, targets with up to four classes), which
     no method in this library intends; presets that add a mixer to a config that already has one
@@ -27,6 +27,7 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
     """
     from lightning_mix.mixins.rank_mixup import RankMixupMixin  # lazy: mixins imports this package
     from lightning_mix.mixins.smmix import SMMixMixin
+    from lightning_mix.mixins.sumix import SUMixMixin
 
     others = [cb for cb in trainer.callbacks if isinstance(cb, MixingCallbackBase) and cb is not owner]
     if others:
@@ -48,6 +49,12 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
             f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is an SMMixMixin, which "
             "mixes the batch itself in training_step (SMMix or Mixup, from the clean batch's attention); "
             "remove the callback."
+        )
+    if isinstance(pl_module, SUMixMixin):
+        raise ValueError(
+            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is a SUMixMixin, which "
+            "mixes the clean batch itself in training_step (it needs the clean forward); remove the callback "
+            "and give the mixer to configure_sumix."
         )
 
 
