@@ -19,7 +19,9 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
     options are the mixin's with the authors' defaults (CutMix with alpha 0.2 and a random
     partner, gamma 0.1); evaluation, logging and the optimiser are SmallCNN's. Use it from
     LightningCLI as ``model: class_path: lightning_mix.demos.SUMixSmallCNN`` (examples/mnist5k_sumix.yaml),
-    with no mixing callback (SUMix mixes its own batches).
+    with no mixing callback (SUMix mixes its own batches). The ``mixer`` is not saved in
+    ``hparams`` (it is an object; resuming a fit reloads hyperparameters as plain values only), so
+    :meth:`load_from_checkpoint` builds the default mixer unless you pass one; evaluation never uses it.
     """
 
     def __init__(
@@ -42,6 +44,9 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
         )
+        # the mixer object stays out of the checkpoint's hyperparameters, which Lightning loads with
+        # weights_only=True when fit resumes (plain values only); LightningCLI's config.yaml records it
+        self.save_hyperparameters(ignore=["mixer"])
         self.configure_sumix(num_classes=num_classes, feature_dim=4 * width, mixer=mixer, gamma=gamma, seed=seed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
