@@ -14,13 +14,13 @@ from lightning_mix.mixing import BatchMixer, CutMix, MixedBatch, RandomChoice, d
 from lightning_mix.mixing.sumix import corrected_lam, semantic_distances, sumix_batch, uncertainty_loss
 from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
 
-__all__ = ["SUMixMixin", "default_sumix_mixer"]
+__all__ = ["SUMixMixin"]
 
 _CHECKPOINT_KEY = "sumix"
 _HEAD_NAME = "sumix_uncertainty_head"
 
 
-def default_sumix_mixer() -> CutMix:
+def _default_sumix_mixer() -> CutMix:
     """The authors' mixer: CutMix with ``lam ~ Beta(0.2, 0.2)``, one box per batch, a random partner
     permutation (``mix_mode="cutmix"``, ``alpha=0.2`` in their CIFAR-100 and Tiny-ImageNet configs).
     """
@@ -63,7 +63,7 @@ class SUMixMixin:
     batch is kept in ``sumix_last_batch`` and the mixer's ``lam`` in ``sumix_last_lam``.
 
     **Mixers**: any mixer of :mod:`lightning_mix.mixing` that returns a
-    :class:`~lightning_mix.mixing.MixedBatch` (the default is :func:`default_sumix_mixer`); the paper
+    :class:`~lightning_mix.mixing.MixedBatch` (the default is CutMix(alpha=0.2, pairing="random")); the paper
     applies SUMix to the cut-based ones (CutMix, FMix, ResizeMix, SaliencyMix). A mixing callback
     on the same Trainer is refused (the mixin mixes its own batches).
 
@@ -105,7 +105,7 @@ class SUMixMixin:
         Args:
             num_classes: C, the classes of the logits and of the uncertainty head.
             feature_dim: D, the width of the features ``forward_features`` returns.
-            mixer: the cut-based mixer; None is :func:`default_sumix_mixer` (CutMix, alpha 0.2).
+            mixer: the cut-based mixer; None is CutMix(alpha=0.2, pairing="random") (CutMix, alpha 0.2).
             gamma: weight of the uncertainty regulariser (authors' default 0.1).
             seed: seed of the mixer's stream; None takes ``torch.initial_seed()`` at the first step.
             input_key: index or key of the inputs in the batch.
@@ -132,7 +132,7 @@ class SUMixMixin:
                 )
         self.sumix_num_classes = int(num_classes)
         self.sumix_gamma = float(gamma)
-        self.sumix_mixer = mixer if mixer is not None else default_sumix_mixer()
+        self.sumix_mixer = mixer if mixer is not None else _default_sumix_mixer()
         self.sumix_seed = seed
         self.sumix_input_key = input_key
         self.sumix_target_key = target_key
