@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks import EMA, MixingCallback
 from lightning_mix.demos import SmallCNN, SUMixSmallCNN
-from lightning_mix.mixing import CutMix, FMix, Mixup, dense_targets
+from lightning_mix.mixing import CutMix, FMix, Mixup, RandomChoice, ResizeMix, SaliencyMix, dense_targets
 from lightning_mix.mixins import SUMixMixin
 
 NUM_CLASSES = 10
@@ -102,10 +102,23 @@ def test_dense_targets_are_mixed_as_given_and_read_by_their_argmax():
     torch.testing.assert_close(batch.lam, indexed.lam)  # same draws, same classes: same correction
 
 
-@pytest.mark.parametrize("mixer", [FMix(alpha=1.0, pairing="flip"), Mixup(alpha=1.0, pairing="flip")])
-def test_other_mixers_work_underneath(mixer):
-    out = _model(mixer=mixer).sumix_losses(*_data(8))
-    assert torch.isfinite(out["loss"]) and out["batch"].targets.shape == (8, NUM_CLASSES)
+@pytest.mark.parametrize(
+    "mixer",
+    [
+        FMix(alpha=1.0, pairing="flip"),
+        ResizeMix(pairing="flip"),
+        SaliencyMix(alpha=1.0, pairing="flip"),
+        RandomChoice([CutMix(1.0, pairing="flip"), Mixup(0.8, pairing="flip")]),
+    ],
+    ids=["fmix", "resizemix", "saliencymix", "random_choice"],
+)
+def test_other_mixers_work_underneath_and_keep_the_targets_contract(mixer):
+    x, y = _data(8)
+    out = _model(mixer=mixer).sumix_losses(x, y)
+    batch, t = out["batch"], dense_targets(y, NUM_CLASSES)
+    assert torch.isfinite(out["loss"])
+    lam = batch.lam.view(-1, 1)
+    torch.testing.assert_close(batch.targets, lam * t + (1 - lam) * t[batch.index])
 
 
 def test_gradients_reach_the_network_and_the_uncertainty_head():
@@ -222,3 +235,7 @@ def test_exact_resume_of_weights_head_optimiser_and_draws(tmp_path):
         for name in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(state_a[key][name], state_b[key][name], rtol=0, atol=0)
     assert straight._sumix_rng.counter == resumed._sumix_rng.counter == 6
+    loaded = SUMixSmallCNN.load_from_checkpoint(tmp_path / "epoch=1.ckpt")  # plain hparams: loads as is
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert isinstance(loaded.sumix_mixer, CutMix) and loaded.sumix_mixer.alpha == 0.2  # the default mixer
