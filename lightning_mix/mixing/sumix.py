@@ -25,8 +25,8 @@ the share ``lam_i`` of its own pixels, ``y_i`` is its class.
    computed as ``sigmoid(log lam_i - log(1 - lam_i) + e_i[y_j] - d_i[y_i])``, the same number
    without the underflow of ``exp(-d)`` when ``B / sqrt(C)`` is large (``d`` grows with the batch).
    Limits: ``lam_hat = lam`` when ``d_i[y_i] = e_i[y_j]``, which holds whenever all clean and mixed
-   predictions are the same distribution, uniform or any distribution ``p`` with ``p[y_i] = p[y_j]``
-   (an untrained model: SUMix starts as the plain cut-based mix); ``lam`` of 0 or 1 is kept.
+   predictions are the same distribution ``p`` with ``p[y_i] = p[y_j]``, the uniform one included
+   (a model that predicts uniformly gets the plain cut-based mix); ``lam`` of 0 or 1 is kept.
 
 3. **Uncertainty regulariser** (:func:`uncertainty_loss`), from the uncertainty head's logits ``g``
    on the clean and on the mixed batch (with gradient): ``u = normalize(softmax(g))``,
