@@ -19,16 +19,14 @@ __all__ = ["MixingCallbackBase", "infer_num_classes", "check_single_mixer"]
 
 def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: Callback) -> None:
     """Raise when the Trainer mixes twice: two mixing callbacks, or a mixing callback and a module that mixes its
-    own batches (RankMixupMixin, SMMixMixin, AdaMixUpMixin).
+    own batches.
 
-    Two mixers would be applied in turn (a mix of mixes, targets with up to four classes), which
-    no method in this library intends; presets that add a mixer to a config that already has one
-    end up here too.
+    A module mixes its own batches when one of its classes sets ``mixes_own_batches`` to a phrase
+    saying how (every mixin of :mod:`lightning_mix.mixins` that mixes in ``training_step`` does;
+    a user's own module can too). Two mixers would be applied in turn (a mix of mixes, targets with
+    up to four classes), which no method in this library intends; presets that add a mixer to a
+    config that already has one end up here too.
     """
-    from lightning_mix.mixins.adamixup import AdaMixUpMixin  # lazy: mixins imports this package
-    from lightning_mix.mixins.rank_mixup import RankMixupMixin
-    from lightning_mix.mixins.smmix import SMMixMixin
-
     others = [cb for cb in trainer.callbacks if isinstance(cb, MixingCallbackBase) and cb is not owner]
     if others:
         names = ", ".join(type(cb).__name__ for cb in [owner, *others])
@@ -38,22 +36,13 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
             "RandomChoice([...]); with presets, compose a base config that has no mixing callback "
             "(examples/mnist5k.yaml) with one mixing preset."
         )
-    if isinstance(pl_module, RankMixupMixin):
+    how = getattr(pl_module, "mixes_own_batches", None)
+    if how:
+        mixin = next(cls.__name__ for cls in type(pl_module).__mro__ if "mixes_own_batches" in vars(cls))
+        article = "an" if mixin[0] in "AEIOU" else "a"
         raise ValueError(
-            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is a RankMixupMixin, "
-            "which mixes its own copies of the clean batch in training_step; remove the callback "
-            "(RankMixup needs the clean batch)."
-        )
-    if isinstance(pl_module, SMMixMixin):
-        raise ValueError(
-            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is an SMMixMixin, which "
-            "mixes the batch itself in training_step (SMMix or Mixup, from the clean batch's attention); "
-            "remove the callback."
-        )
-    if isinstance(pl_module, AdaMixUpMixin):
-        raise ValueError(
-            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is an AdaMixUpMixin, which "
-            "mixes the clean batch itself in training_step (with its learned mixing policy); remove the callback."
+            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is {article} {mixin}, which "
+            f"{how}; remove the callback."
         )
 
 

@@ -10,6 +10,7 @@ from lightning_mix.demos.data_modules import (
 )
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
 from lightning_mix.demos.smmix_vit import SMMixTinyViT
+from lightning_mix.demos.sumix_cnn import SUMixSmallCNN
 from lightning_mix.demos.vit import TinyViT
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MNIST5kDataModule",
     "RandomShiftDataset",
     "SMMixTinyViT",
+    "SUMixSmallCNN",
     "SmallCNN",
     "TinyViT",
     "embedded_data_path",

@@ -31,6 +31,13 @@ from lightning_mix.mixing.sampling import (
     sample_beta,
     sample_lam,
 )
+from lightning_mix.mixing.sumix import (
+    corrected_lam,
+    semantic_distances,
+    sumix_batch,
+    uncertainty_loss,
+    uncertainty_scores,
+)
 from lightning_mix.mixing.targets import dense_targets, mix_targets
 
 __all__ = [
@@ -52,6 +59,7 @@ __all__ = [
     "SaliencyMix",
     "box_corners",
     "box_masks",
+    "corrected_lam",
     "dense_targets",
     "expand_draws",
     "fmix_masks",
@@ -64,5 +72,9 @@ __all__ = [
     "sample_beta",
     "sample_lam",
     "saliency_peaks",
+    "semantic_distances",
     "spectral_residual_saliency",
+    "sumix_batch",
+    "uncertainty_loss",
+    "uncertainty_scores",
 ]

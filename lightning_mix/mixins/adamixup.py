@@ -139,6 +139,9 @@ class AdaMixUpMixin:
     (``torch.nn.init.trunc_normal_``), where TensorFlow redraws: the same distribution.
     """
 
+    #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
+    mixes_own_batches = "mixes the clean batch itself in training_step (with its learned mixing policy)"
+
     adamixup_feature_dim: int = 0
     adamixup_policy_feature_dim: int = 0
     adamixup_features_method: str = "forward_features"

@@ -149,6 +149,9 @@ class AdAutoMixMixin(MomentumEncoderBase):
     (off in the authors' configs) are not offered.
     """
 
+    #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
+    mixes_own_batches = "mixes the clean batch itself in training_step (with its adversarial mask generator)"
+
     _automix_block_name = _GENERATOR_NAME
     _automix_checkpoint_key = "adautomix"
     _automix_configure_name = "configure_adautomix"

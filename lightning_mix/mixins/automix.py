@@ -107,6 +107,9 @@ class AutoMixMixin(MomentumEncoderBase):
     the input is a multiple of the feature map).
     """
 
+    #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
+    mixes_own_batches = "mixes the clean batch itself in training_step (with its Mix Block's masks)"
+
     automix_feature_layer: str = ""
     automix_feature_channels: int = 0
     automix_alpha: float = 2.0

@@ -65,6 +65,9 @@ class RankMixupMixin:
     if you override them).
     """
 
+    #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
+    mixes_own_batches = "mixes its own copies of the clean batch in training_step (RankMixup needs the clean batch)"
+
     rank_mixup_loss: str = "mrl"
     rank_mixup_weight: float = 0.1
     rank_mixup_margin: float = 2.0

@@ -64,6 +64,9 @@ class SMMixMixin:
     (or ``torch.initial_seed()``), the global rank and a step counter, saved in the checkpoint.
     """
 
+    #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
+    mixes_own_batches = "mixes the batch itself in training_step (SMMix or Mixup, from the clean batch's attention)"
+
     smmix_switch_prob: float = 0.5
     smmix_alpha: float = 0.8
     smmix_min_side_ratio: float = 0.25

@@ -8,7 +8,7 @@ import torch
 from mixing_callback_helpers import NUM_CLASSES, RecordingClassifier, loader, make_data
 from tiny_trainer import tiny_trainer
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mix.callbacks import ManifoldMixup, MixingCallback, RegMixup
 from lightning_mix.mixing import CutMix, Mixup
@@ -61,6 +61,24 @@ def test_a_mixing_callback_with_a_rank_mixup_module_is_an_error_at_setup():
     with pytest.raises(ValueError, match=r"RankMixupMixin.*remove the callback"):
         trainer([MixingCallback(Mixup(), num_classes=NUM_CLASSES)]).fit(model, loader(make_data()))
     assert model.rank_losses == []
+
+
+@pytest.mark.parametrize(
+    ("demo", "mixin"),
+    [
+        ("AdAutoMixSmallCNN", "AdAutoMixMixin"),
+        ("AdaMixUpSmallCNN", "AdaMixUpMixin"),
+        ("SUMixSmallCNN", "SUMixMixin"),
+    ],
+)
+def test_every_mixin_that_mixes_its_own_batches_refuses_a_mixing_callback(demo, mixin):
+    import lightning_mix.demos as demos
+
+    model = getattr(demos, demo)(width=4)
+    data = TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    with pytest.raises(ValueError, match=rf"is an? {mixin}, which .*remove the callback"):
+        trainer([MixingCallback(Mixup(), num_classes=10)]).fit(model, DataLoader(data, batch_size=4))
+    assert model.global_step == 0
 
 
 def _clean_one_hot(model, epoch_batches: slice):
