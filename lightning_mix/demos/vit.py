@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,47 @@ from torch import nn
 
 from lightning_mix.demos.models import SmallCNN
 
-__all__ = ["TinyViT", "ViTAttention", "ViTBlock"]
+__all__ = ["TinyViT", "ViTAttention", "ViTBlock", "patch_embedding", "warmup_cosine_factor"]
+
+_STEMS = ("patch", "conv")
+
+
+def patch_embedding(in_channels: int, dim: int, patch_size: int, stem: str, stem_channels: int) -> nn.Module:
+    """The module that turns images (B, C, H, W) into a (B, dim, H / patch_size, W / patch_size) token grid.
+
+    ``stem="patch"``: ViT's linear patch embedding, one convolution with kernel and stride ``patch_size``.
+    ``stem="conv"``: a small convolutional stem first (two 3x3 convolutions, stride 1, ``stem_channels``
+    channels, each followed by BatchNorm and GELU), then the same ``patch_size`` patchify convolution.
+    The token grid is the patch grid either way (token ``(i, j)`` is the pixel patch ``(i, j)``; with
+    the conv stem it also sees a 2-pixel border of its neighbours), so patch-level masks and the ViT
+    mixing methods keep their meaning.
+    """
+    if stem not in _STEMS:
+        raise ValueError(f"stem must be one of {_STEMS}, got {stem!r}.")
+    if stem == "patch":
+        return nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+    if stem_channels < 1:
+        raise ValueError(f"stem_channels must be a positive number of channels, got {stem_channels}.")
+    layers: list[nn.Module] = []
+    width = in_channels
+    for _ in range(2):
+        layers += [
+            nn.Conv2d(width, stem_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+            nn.GELU(),
+        ]
+        width = stem_channels
+    layers.append(nn.Conv2d(width, dim, kernel_size=patch_size, stride=patch_size))
+    return nn.Sequential(*layers)
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor at optimiser step ``step``: linear warmup from ``1 / (warmup_steps + 1)`` to 1 over
+    ``warmup_steps`` steps, then a cosine decay to 0 at ``total_steps`` (DeiT's schedule, per step)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class ViTAttention(nn.Module):
@@ -86,15 +128,20 @@ class TinyViT(pl.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 5e-2,
         cosine_schedule: bool = True,
+        stem: str = "patch",
+        stem_channels: int = 32,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size}).")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0 (0: no warmup), got {warmup_epochs}.")
         self.save_hyperparameters()
         self.patch_size = patch_size
         self.num_prefix_tokens = 1
         grid = image_size // patch_size
-        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = patch_embedding(in_channels, dim, patch_size, stem, stem_channels)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
         self.blocks = nn.Sequential(*[ViTBlock(dim, num_heads, mlp_ratio) for _ in range(depth)])
@@ -111,4 +158,21 @@ class TinyViT(pl.LightningModule):
     validation_step = SmallCNN.validation_step
     test_step = SmallCNN.test_step
     predict_step = SmallCNN.predict_step
-    configure_optimizers = SmallCNN.configure_optimizers
+
+    def configure_optimizers(self):
+        """AdamW without weight decay on biases, norms, the class token and the positions (DeiT's rule);
+        with ``cosine_schedule``, a per-step linear warmup over ``warmup_epochs`` then a cosine decay to 0."""
+        no_decay = [p for n, p in self.named_parameters() if p.ndim <= 1 or n in ("cls_token", "pos_embed")]
+        decay = [p for n, p in self.named_parameters() if not (p.ndim <= 1 or n in ("cls_token", "pos_embed"))]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        if not self.hparams.cosine_schedule or self.trainer is None or not self.trainer.max_epochs:
+            return optimizer
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup_steps = self.hparams.warmup_epochs * total_steps // self.trainer.max_epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
