@@ -47,7 +47,8 @@ def patch_embedding(in_channels: int, dim: int, patch_size: int, stem: str, stem
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate factor at optimiser step ``step``: linear warmup from ``1 / (warmup_steps + 1)`` to 1 over
-    ``warmup_steps`` steps, then a cosine decay to 0 at ``total_steps`` (DeiT's schedule, per step)."""
+    ``warmup_steps`` steps, then a cosine decay to 0 at ``total_steps`` (DeiT's schedule, per step).
+    """
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -161,7 +162,8 @@ class TinyViT(pl.LightningModule):
 
     def configure_optimizers(self):
         """AdamW without weight decay on biases, norms, the class token and the positions (DeiT's rule);
-        with ``cosine_schedule``, a per-step linear warmup over ``warmup_epochs`` then a cosine decay to 0."""
+        with ``cosine_schedule``, a per-step linear warmup over ``warmup_epochs`` then a cosine decay to 0.
+        """
         no_decay = [p for n, p in self.named_parameters() if p.ndim <= 1 or n in ("cls_token", "pos_embed")]
         decay = [p for n, p in self.named_parameters() if not (p.ndim <= 1 or n in ("cls_token", "pos_embed"))]
         optimizer = torch.optim.AdamW(

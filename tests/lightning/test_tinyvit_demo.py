@@ -1,4 +1,4 @@
-"""TinyViT's options: the convolutional stem's token grid and locality, the warmup-cosine schedule, DeiT's decay rule."""
+"""TinyViT options: the conv stem's token grid and locality, the warmup-cosine schedule, DeiT's decay rule."""
 
 from __future__ import annotations
 
@@ -87,7 +87,14 @@ def test_fit_follows_the_per_step_warmup_then_cosine(tmp_path):
 
 def test_no_weight_decay_on_biases_norms_class_token_and_positions():
     model = TinyViT(
-        patch_size=7, dim=16, depth=1, num_heads=2, stem="conv", stem_channels=4, weight_decay=0.1, cosine_schedule=False
+        patch_size=7,
+        dim=16,
+        depth=1,
+        num_heads=2,
+        stem="conv",
+        stem_channels=4,
+        weight_decay=0.1,
+        cosine_schedule=False,
     )
     optimizer = model.configure_optimizers()
     by_id = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
