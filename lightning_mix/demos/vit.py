@@ -103,17 +103,21 @@ class ViTBlock(nn.Module):
 
 
 class TinyViT(pl.LightningModule):
-    """A small ViT for 28x28 images: conv patch embedding, a class token, learned positions, pre-norm blocks.
+    """A small ViT for 28x28 images: patch embedding, a class token, learned positions, pre-norm blocks.
 
     With the defaults (patch 4 -> 7x7 = 49 patches + 1 class token, dim 64, depth 4, 4 heads) it
     has about 140k parameters. Blocks are ``blocks.0`` ... ``blocks.{depth-1}``, their attention
     ``blocks.i.attn`` (timm's layout, so the ViT mixing callbacks find them); the head reads the
-    class token after a final LayerNorm.
+    class token after a final LayerNorm. ``stem`` picks the patch embedding (:func:`patch_embedding`:
+    ``"patch"``, ViT's linear one, or ``"conv"``, a small convolutional stem before it); the token
+    grid is the ``patch_size`` grid either way.
 
-    Training, evaluation, logging and the optimiser are :class:`SmallCNN`'s: soft cross-entropy
-    (class indices or the dense mixed targets of a mixing callback), ``train/loss``,
-    ``train/acc``, ``val/acc``, ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and
-    ``test_step`` return ``{"logits", "loss"}``; AdamW with an optional cosine schedule.
+    Training, evaluation and logging are :class:`SmallCNN`'s: soft cross-entropy (class indices or
+    the dense mixed targets of a mixing callback), ``train/loss``, ``train/acc``, ``val/acc``,
+    ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and ``test_step`` return
+    ``{"logits", "loss"}``. The optimiser is AdamW with DeiT's decay rule (no weight decay on biases,
+    norms, the class token and the positions); with ``cosine_schedule``, a per-step linear warmup
+    over ``warmup_epochs`` epochs, then a cosine decay to 0 (:func:`warmup_cosine_factor`).
     """
 
     def __init__(
