@@ -176,8 +176,21 @@ class TinyViT(pl.LightningModule):
         )
         if not self.hparams.cosine_schedule or self.trainer is None or not self.trainer.max_epochs:
             return optimizer
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = self.hparams.warmup_epochs * total_steps // self.trainer.max_epochs
+        total_steps = self.trainer.estimated_stepping_batches  # loads the train loader when max_epochs is set
+        if not math.isfinite(total_steps):  # infinite training: no schedule to follow
+            return optimizer
+        total_steps = max(1, int(total_steps))
+        warmup_steps = 0
+        if self.hparams.warmup_epochs:
+            batches = self.trainer.num_training_batches
+            if not math.isfinite(batches) or self.trainer.max_epochs == -1:
+                raise ValueError(
+                    f"warmup_epochs={self.hparams.warmup_epochs} needs the number of batches in an epoch, which "
+                    "this Trainer does not know (a max_steps-only fit or an unsized train loader): set "
+                    "Trainer(max_epochs=...) with a sized loader, or warmup_epochs=0."
+                )
+            steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+            warmup_steps = min(self.hparams.warmup_epochs * steps_per_epoch, total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps)
         )

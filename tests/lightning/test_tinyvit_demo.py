@@ -121,3 +121,49 @@ def test_smmix_tinyvit_takes_the_stem_and_its_features_come_through_it():
     images = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(model.forward_head(model.forward_features(images)), model(images))
     assert model.hparams.stem == "conv"
+
+
+class _RecordStepLR(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_warmup_counts_optimizer_steps_with_accumulation(tmp_path):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    record = _RecordStepLR()
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accumulate_grad_batches=2,  # 4 batches an epoch -> 2 optimiser steps an epoch, 6 in all
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
+        default_root_dir=tmp_path,
+    )
+    model = TinyViT(patch_size=7, dim=16, depth=1, num_heads=2, lr=1e-2, warmup_epochs=1)
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    want = [1e-2 / 3, 2e-2 / 3] + [1e-2 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert record.lrs == pytest.approx(want)
+
+
+def test_warmup_in_a_max_steps_only_fit_is_refused_before_training(tmp_path):
+    data = TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    model = TinyViT(patch_size=7, dim=16, depth=1, num_heads=2, warmup_epochs=1)
+    with pytest.raises(ValueError, match="set Trainer\\(max_epochs=...\\)"):
+        trainer.fit(model, DataLoader(data, batch_size=4))
+    assert trainer.global_step == 0
