@@ -33,6 +33,9 @@ class SMMixTinyViT(SMMixMixin, TinyViT):
         lr: float = 2e-3,
         weight_decay: float = 5e-2,
         cosine_schedule: bool = True,
+        stem: str = "patch",
+        stem_channels: int = 32,
+        warmup_epochs: int = 0,
         switch_prob: float = 0.5,
         alpha: float = 0.8,
         min_side_ratio: float = 0.25,
@@ -54,6 +57,9 @@ class SMMixTinyViT(SMMixMixin, TinyViT):
             lr=lr,
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
+            stem=stem,
+            stem_channels=stem_channels,
+            warmup_epochs=warmup_epochs,
         )
         self.configure_smmix(
             num_classes=num_classes,

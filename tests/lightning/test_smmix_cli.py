@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_mix.cli import run_cli
 from lightning_mix.demos import SMMixTinyViT
@@ -33,6 +34,7 @@ def test_smmix_config_builds_smmix_vit_with_the_base_options(tmp_path, monkeypat
     model = cli.model
     assert isinstance(model, SMMixTinyViT)
     assert model.patch_size == 7 and model.hparams.dim == 96 and len(model.blocks) == 6  # from mnist5k_vit.yaml
+    assert model.hparams.stem == "conv" and isinstance(model.patch_embed, torch.nn.Sequential)  # the conv stem
     assert model.smmix_switch_prob == 0.5 and model.smmix_consistency_weight == 1.0
     assert cli.trainer.global_step == 2 and "train/consistency" in cli.trainer.callback_metrics
 

@@ -68,9 +68,10 @@ def test_timm_vit_attention_matches_the_non_fused_forward(qk_norm):
         torch.testing.assert_close(got_cls, want[:, :, 0], **TOL)
 
 
-def test_demo_tinyvit_attention_matches_the_non_fused_forward():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_demo_tinyvit_attention_matches_the_non_fused_forward(stem):
     torch.manual_seed(1)
-    model = TinyViT(depth=2, dim=32, num_heads=2).eval()
+    model = TinyViT(patch_size=4, depth=2, dim=32, num_heads=2, stem=stem, stem_channels=8).eval()
     images = torch.randn(3, 1, 28, 28)
     names = [n for n, _ in find_attention_modules(model)]
     assert names == ["blocks.0.attn", "blocks.1.attn"]
