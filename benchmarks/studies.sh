@@ -7,8 +7,10 @@
 # training labels flipped), vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
 # studies/STUDY/ (results.md, results.csv, each run's test predictions). compare resumes: a finished
 # (method, seed) run is not run again, so running the script with more seeds, or again after an
-# interruption, only runs what is missing. Every run trains for the epochs given below, then the
-# table is computed from the stored test predictions.
+# interruption, only runs what is missing. Every run trains for the epochs given below (the ViT
+# study: the 30 epochs of examples/mnist5k_vit.yaml), then the table is computed from the stored
+# test predictions. Seeds given one at a time (`... vit 0`, then `... vit 0 1`, ...) fill the table
+# seed by seed for every method.
 set -euo pipefail
 
 study=${1:?usage: bash benchmarks/studies.sh mixing|mixing-noise30|vit [SEED ...]}
@@ -38,9 +40,10 @@ vit_methods=(
   --method "erm=$vit"
   --method "mixup=$vit,callbacks/mixup.yaml"
   --method "cutmix=$vit,callbacks/cutmix.yaml"
+  --method "mixup_or_cutmix=$vit,callbacks/mixup-or-cutmix.yaml"
   --method "transmix=$vit,callbacks/transmix.yaml"
   --method "tl_align=$vit,callbacks/tl_align.yaml"
-  --method "smmix=examples/mnist5k_smmix_vit.yaml"
+  --method "smmix=$vit,examples/mnist5k_smmix_vit.yaml"
 )
 common=(--trainer.logger false --trainer.enable_checkpointing false)
 
