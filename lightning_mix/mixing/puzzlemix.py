@@ -206,12 +206,14 @@ class PuzzleMixer:
         saliency: torch.Tensor,
         block_num: int,
         generator: torch.Generator | None = None,
+        own_sources: torch.Tensor | None = None,
+        partner_sources: torch.Tensor | None = None,
     ) -> MixedBatch:
         check_puzzle_inputs(inputs, (block_num,))
         b, device = inputs.shape[0], inputs.device
         index = make_pairing(b, "random", generator=generator, device=device)
         lam = sample_beta(self.alpha, self.alpha, 1, generator, device).expand(b)
-        return self.mix(inputs, targets, saliency, block_num, index, lam)
+        return self.mix(inputs, targets, saliency, block_num, index, lam, own_sources, partner_sources)
 
     def mix(
         self,
@@ -221,24 +223,48 @@ class PuzzleMixer:
         block_num: int,
         index: torch.Tensor,
         lam: torch.Tensor,
+        own_sources: torch.Tensor | None = None,
+        partner_sources: torch.Tensor | None = None,
     ) -> MixedBatch:
-        """The PuzzleMix of ``inputs`` with ``inputs[index]`` for given partners and prior lam (B,)."""
+        """The PuzzleMix of ``inputs`` with ``inputs[index]`` for given partners and prior lam (B,).
+
+        The mask is optimised on ``inputs`` (their data-smoothness terms). The images that are cut,
+        transported and composed are ``own_sources`` and ``partner_sources[index]`` (both default
+        to ``inputs``, same shape): PuzzleMix's adversarial step perturbs them after the mask is
+        chosen, and the callback optimises the mask on un-normalised pixels while it composes the
+        normalised images.
+        """
         n = block_num
+        own = inputs if own_sources is None else own_sources
+        pool = inputs if partner_sources is None else partner_sources
+        for name, source in (("own_sources", own), ("partner_sources", pool)):
+            if source.shape != inputs.shape:
+                raise ValueError(
+                    f"PuzzleMixer: {name} must have the inputs' shape {tuple(inputs.shape)}, got {tuple(source.shape)}."
+                )
         sal_own = pool_saliency(saliency, (n, n))
         sal_partner = sal_own.index_select(0, index)
-        partner = inputs.index_select(0, index)
         unary, w_v, w_h = puzzle_energy(
-            sal_own, sal_partner, inputs, partner, lam, self.beta, self.gamma, self.eta, self.neigh_size, self.n_labels
+            sal_own,
+            sal_partner,
+            inputs,
+            inputs.index_select(0, index),
+            lam,
+            self.beta,
+            self.gamma,
+            self.eta,
+            self.neigh_size,
+            self.n_labels,
         )
         labels = self.solve(unary, w_v, w_h)
         block_mask = 1.0 - labels.float() / (self.n_labels - 1)  # weight of the own image per block
-        own = inputs
+        partner = pool.index_select(0, index)
         if self.transport:
-            own = permute_blocks(inputs, transport_sources(block_mask > 0, sal_own, self.t_eps), n)
+            own = permute_blocks(own, transport_sources(block_mask > 0, sal_own, self.t_eps), n)
             partner = permute_blocks(partner, transport_sources(block_mask < 1, sal_partner, self.t_eps), n)
         height, width = inputs.shape[-2:]
         mask = block_mask.repeat_interleave(height // n, dim=1).repeat_interleave(width // n, dim=2).unsqueeze(1)
-        mixed = torch.lerp(partner, own, mask.to(inputs.dtype))
+        mixed = torch.lerp(partner, own, mask.to(own.dtype))
         mixed_lam = block_mask.flatten(1).mean(dim=1)
         return MixedBatch(mixed, mix_targets(targets, index, mixed_lam), index, mixed_lam)
 
