@@ -179,3 +179,34 @@ def test_wrong_channel_count_of_the_normalisation_raises_before_any_step():
     with pytest.raises(ValueError, match="images have 3 channels"):
         _trainer([puzzle]).fit(model, DataLoader(image_data(16), batch_size=16))
     assert model.train_seen == []
+
+
+def test_bf16_mixed_runs_both_options_with_the_clean_term_in_the_gradient():
+    data, _ = _normalised_data(32)
+
+    def run(clean_lam):
+        pl.seed_everything(0)
+        model = TinyCNN(dropout=0.0)
+        puzzle = PuzzleMix(
+            block_nums=[2, 4],
+            solver="torch",
+            adv_p=1.0,
+            clean_lam=clean_lam,
+            saliency_eval_mode=False,  # the same pass with and without the clean loss
+            pixel_mean=MEAN,
+            pixel_std=STD,
+            seed=4,
+        )
+        grads = GradRecorder()
+        _trainer([puzzle, grads], steps=2, precision="bf16-mixed").fit(model, DataLoader(data, batch_size=16))
+        return model, puzzle, grads
+
+    model, puzzle, grads = run(0.5)
+    assert model.eval_autocast == []  # the pass ran in train mode
+    assert puzzle.last_mixed.inputs.dtype == torch.float32
+    assert puzzle.last_adversarial.noise.abs().max() <= 10 / 255 + 1e-6
+    assert all(torch.isfinite(g).all() for step in grads.grads for g in step)
+    # without the clean loss the first step sees the same mixed batch, but its gradient lacks the clean term
+    plain_model, _, plain = run(0.0)
+    assert torch.equal(plain_model.train_seen[0][0], model.train_seen[0][0])
+    assert any(not torch.allclose(a, b) for a, b in zip(grads.grads[0], plain.grads[0]))
