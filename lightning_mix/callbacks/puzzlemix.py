@@ -68,8 +68,9 @@ class PuzzleMix(SaliencyMixingBase):
     Clean loss (``clean_lam > 0``): the pass's loss keeps its graph and, in ``on_before_backward``,
     ``clean_lam * CE(model(x_clean), t) / accumulate_grad_batches`` is added in place to the loss
     tensor Lightning is about to back-propagate (the one it divided by ``accumulate_grad_batches``;
-    the logged loss is the module's own, detached before the hook). The term so goes through the
-    precision plugin's scaling and DDP's gradient all-reduce like the module's loss. It needs
+    the logged loss is the module's own, detached before the hook; under ``16-mixed`` the term is
+    multiplied by the gradient scaler's scale, as that loss already is). The term so goes through
+    the precision plugin's scaling and DDP's gradient all-reduce like the module's loss. It needs
     automatic optimisation (checked at the start of fit) and a loss whose last operation does not
     save its output for backward (a mean, sum or cross-entropy; an in-place error at backward
     otherwise).
@@ -234,10 +235,18 @@ class PuzzleMix(SaliencyMixingBase):
         self.advance()
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        """Add ``clean_lam * CE(clean) / accumulate_grad_batches`` in place to the loss about to be back-propagated."""
+        """Add ``clean_lam * CE(clean) / accumulate_grad_batches`` in place to the loss about to be back-propagated.
+
+        Under ``16-mixed`` the loss Lightning hands this hook is already multiplied by the gradient
+        scaler's scale, so the term is scaled by the same scaler (``precision_plugin.scaler.scale``).
+        """
         if self._clean_term is not None:
             term, self._clean_term = self._clean_term, None
-            loss.add_(term.to(loss.dtype) / trainer.accumulate_grad_batches)
+            term = term / trainer.accumulate_grad_batches
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            if scaler is not None:
+                term = scaler.scale(term)
+            loss.add_(term.to(loss.dtype))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

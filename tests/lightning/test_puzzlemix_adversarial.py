@@ -210,3 +210,29 @@ def test_bf16_mixed_runs_both_options_with_the_clean_term_in_the_gradient():
     plain_model, _, plain = run(0.0)
     assert torch.equal(plain_model.train_seen[0][0], model.train_seen[0][0])
     assert any(not torch.allclose(a, b) for a, b in zip(grads.grads[0], plain.grads[0]))
+
+
+def test_clean_loss_with_a_gradient_scaler_is_scaled_with_the_loss():
+    """With a GradScaler (16-mixed) on_before_backward gets the loss times the scale; the clean term must be
+    scaled alike. On CPU Lightning turns "16-mixed" into bf16, so the plugin is given explicitly."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    data = image_data(16)
+
+    def run(clean_lam):
+        pl.seed_everything(0)
+        model = TinyCNN(dropout=0.0)
+        before = copy.deepcopy(model)
+        grads = GradRecorder()
+        puzzle = PuzzleMix(block_nums=[2], solver="torch", clean_lam=clean_lam, saliency_eval_mode=False, seed=2)
+        plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1024.0))
+        _trainer([puzzle, grads], plugins=[plugin]).fit(model, DataLoader(data, batch_size=16))
+        return grads.grads[0], before
+
+    with_clean, before = run(5.0)
+    without, _ = run(0.0)
+    x, y = data.tensors
+    before.train()
+    expected = torch.autograd.grad(authors_clean_loss(before(x), y, 5.0), list(before.parameters()))
+    for a, b, want in zip(with_clean, without, expected):  # the unscaled difference is the clean term's gradient
+        torch.testing.assert_close(a - b, want, rtol=0.05, atol=2e-3)
