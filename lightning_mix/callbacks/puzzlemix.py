@@ -18,7 +18,7 @@ from lightning_mix.mixing.puzzle_adversarial import (
     perturb,
     random_start,
 )
-from lightning_mix.mixing.puzzlemix import PuzzleMixer, Solver, check_puzzle_inputs
+from lightning_mix.mixing.puzzlemix import PuzzleMixer, Solver, check_puzzle_inputs, transport_grid
 
 _BLOCK_SALT = 1
 _ADVERSARIAL_SALT = 3  # the two "perturb?" draws and coef, on the CPU generator
@@ -75,8 +75,9 @@ class PuzzleMix(SaliencyMixingBase):
     save its output for backward (a mean, sum or cross-entropy; an in-place error at backward
     otherwise).
 
-    The image size is only known at the first batch: block numbers that do not divide it, or a
-    pixel normalisation with the wrong number of channels, raise there, before any training step.
+    The image size is only known at the first batch: block numbers that do not divide it, a
+    ``t_size`` that does not divide a block size, or a pixel normalisation with the wrong number of
+    channels raise there, before any training step.
     The module's ``forward`` must return logits (B, K) and ``training_step`` must accept dense
     targets (e.g. :func:`~lightning_mix.losses.soft_cross_entropy`).
 
@@ -85,13 +86,15 @@ class PuzzleMix(SaliencyMixingBase):
     adversarial step take the images as pixels in [0, 1]; with ``solver="torch"`` the mask is a
     local minimum of the authors' energy instead of gco's; the clean loss has the weight of the
     authors' ImageNet code (``clean_lam * CE``; their CIFAR code writes ``2 clean_lam / K * CE``
-    next to a binary cross-entropy mixed loss); only ``t_size = -1``.
+    next to a binary cross-entropy mixed loss).
 
     Args:
         alpha: Beta concentration of lam (authors: 1.0).
         block_nums: candidate grid sizes; each must divide the image height and width.
         n_labels, beta, gamma, eta, neigh_size, transport, t_eps: see
             :class:`~lightning_mix.mixing.puzzlemix.PuzzleMixer` (authors: 3, 1.2, 0.5, 0.2, 4, True, 0.8).
+        t_size: transport block size in pixels (authors: -1, the mask's blocks); see
+            :class:`~lightning_mix.mixing.puzzlemix.PuzzleMixer`. Checked against the image size at the first batch.
         solver: ``"auto"`` (gco-wrapper when installed, else torch), ``"gco"`` or ``"torch"``.
         sweeps: sweeps of the torch solver.
         adv_p: probability of perturbing the own images, and independently the partners, in a
@@ -120,6 +123,7 @@ class PuzzleMix(SaliencyMixingBase):
         neigh_size: int = 4,
         transport: bool = True,
         t_eps: float = 0.8,
+        t_size: int = -1,
         solver: Solver = "auto",
         sweeps: int = 8,
         adv_p: float = 0.0,
@@ -151,7 +155,9 @@ class PuzzleMix(SaliencyMixingBase):
         if saliency_eval_mode is None:
             saliency_eval_mode = clean_lam == 0
         self._set_saliency_options("PuzzleMix", saliency_eval_mode, channel_reduce, p)
-        self.mixer = PuzzleMixer(alpha, n_labels, beta, gamma, eta, neigh_size, transport, t_eps, solver, sweeps)
+        self.mixer = PuzzleMixer(
+            alpha, n_labels, beta, gamma, eta, neigh_size, transport, t_eps, solver, sweeps, t_size
+        )
         self.block_nums = block_nums
         self.adv_p = float(adv_p)
         self.adv_eps = float(adv_eps)
@@ -220,6 +226,9 @@ class PuzzleMix(SaliencyMixingBase):
     ) -> None:
         inputs, targets = self.read_batch(batch)
         check_puzzle_inputs(inputs, self.block_nums)
+        if self.mixer.transport:
+            for n in self.block_nums:
+                transport_grid(inputs, n, self.mixer.t_size)
         self.pixels.check(inputs)
         self.last_mixed, self.last_block_num, self.last_adversarial = None, None, None
         self._clean_term = None

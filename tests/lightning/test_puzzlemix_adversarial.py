@@ -236,3 +236,11 @@ def test_clean_loss_with_a_gradient_scaler_is_scaled_with_the_loss():
     expected = torch.autograd.grad(authors_clean_loss(before(x), y, 5.0), list(before.parameters()))
     for a, b, want in zip(with_clean, without, expected):  # the unscaled difference is the clean term's gradient
         torch.testing.assert_close(a - b, want, rtol=0.05, atol=2e-3)
+
+
+def test_t_size_not_dividing_a_block_size_raises_before_any_step():
+    model = TinyCNN()
+    puzzle = PuzzleMix(block_nums=[2], t_size=3, solver="torch")  # 8x8 images: blocks of 4
+    with pytest.raises(ValueError, match="t_size=3 must divide the mask's block size 4"):
+        _trainer([puzzle]).fit(model, DataLoader(image_data(16), batch_size=16))
+    assert model.train_seen == []
