@@ -10,12 +10,19 @@ its input branch is a Mixup step). The PuzzleMix work is also timed piece by pie
 energy + solver / transport + composition). Contenders run interleaved round-robin; best and
 median seconds are printed.
 
+Part 3 (``--part options``): the same PuzzleMix step (torch solver, each grid of the preset) with
+the authors' optional extras: the adversarial step (``adv_p=1``: random start, FGSM noise from the
+saliency pass's gradient, both sides perturbed, in pixel space with MNIST's mean and std), the clean
+loss (``clean_lam=1``: the pass in train mode, its loss kept and added to the step's loss) and both,
+against ERM and the plain PuzzleMix step.
+
 Part 2 (``--part gap``): the torch solver's energy against gco's alpha-beta swap (the authors'
 solver) on the PuzzleMix energies of real MNIST5k batches (saliency from a SmallCNN trained for
 one epoch), and against brute force on random 3x3 instances with 3 labels.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_saliency_mixing.py            # both parts, ~5 minutes
     OMP_NUM_THREADS=1 python benchmarks/bench_saliency_mixing.py --part gap
+    OMP_NUM_THREADS=1 python benchmarks/bench_saliency_mixing.py --part options
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from lightning_mix.mixing.graphcut import (
     solve_grid_gco,
     solve_grid_torch,
 )
-from lightning_mix.mixing.input_saliency import input_gradient_saliency, pool_saliency
+from lightning_mix.mixing.input_saliency import input_gradient, input_gradient_saliency, pool_saliency, reduce_channels
+from lightning_mix.mixing.puzzle_adversarial import PixelScale, fgsm_perturbation, perturb, random_start
 from lightning_mix.mixing.puzzlemix import PuzzleMixer, puzzle_energy
 from lightning_mix.mixing.transport import permute_blocks, transport_sources
 
@@ -219,9 +227,73 @@ def part_gap() -> None:
         )
 
 
+def part_options(repeats: int) -> None:
+    """PuzzleMix steps with the adversarial step and/or the clean loss, as the callback runs them."""
+    torch.manual_seed(0)
+    x, t = _batch()
+    model = SmallCNN(width=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    mixer = PuzzleMixer(solver="torch")
+    scale = PixelScale([0.1307], [0.3081])
+    eps = 10.0 / 255
+    g = torch.Generator().manual_seed(0)
+
+    def erm():
+        opt.zero_grad(set_to_none=True)
+        soft_cross_entropy(model(x), t).backward()
+        opt.step()
+
+    def puzzle(n, adversarial, clean_lam):
+        pixels = scale.to_pixels(x)
+        probe, start = x, None
+        if adversarial:
+            start = random_start(pixels, eps, g)
+            probe = scale.from_pixels(pixels + start)
+        if clean_lam == 0:
+            model.eval()
+        try:
+            gradient, loss = input_gradient(model, probe, t, keep_graph=clean_lam > 0)
+        finally:
+            model.train()
+        sources = x
+        if adversarial:
+            sources = scale.from_pixels(perturb(pixels, fgsm_perturbation(start, gradient, eps, 0.5)))
+        mixed = mixer(pixels, t, reduce_channels(gradient), n, g, sources, sources)
+        opt.zero_grad(set_to_none=True)
+        total = soft_cross_entropy(model(mixed.inputs), mixed.targets)
+        if clean_lam > 0:
+            total = total + clean_lam * loss
+        total.backward()
+        opt.step()
+
+    variants = {"plain": (False, 0.0), "adv_p=1": (True, 0.0), "clean_lam=1": (False, 1.0), "both": (True, 1.0)}
+    contenders = {"ERM": erm}
+    for name, (adversarial, clean_lam) in variants.items():
+        for n in BLOCK_NUMS:
+            contenders[f"PuzzleMix {name} n={n}"] = functools.partial(puzzle, n, adversarial, clean_lam)
+    results = measure(contenders, repeats)
+    erm_best = results["ERM"][0]
+    print(
+        f"\nPuzzleMix options, SmallCNN(width=32), batch 128x1x28x28, torch solver, {torch.get_num_threads()} "
+        f"thread(s), {platform.processor() or platform.machine()}; best of {repeats} (median)"
+    )
+    print("| step | best ms | median ms | / ERM | / plain PuzzleMix, same grid |\n|---|---|---|---|---|")
+    for name in ["ERM", *(f"PuzzleMix {v} n={n}" for v in variants for n in BLOCK_NUMS)]:
+        best, med = results[name]
+        plain = results[name.replace(name.split()[1], "plain", 1)][0] if name != "ERM" else best
+        print(f"| {name} | {best * 1e3:.1f} | {med * 1e3:.1f} | {best / erm_best:.2f} | {best / plain:.2f} |")
+    for v in variants:
+        avg = statistics.mean(results[f"PuzzleMix {v} n={n}"][0] for n in BLOCK_NUMS)
+        plain = statistics.mean(results[f"PuzzleMix plain n={n}"][0] for n in BLOCK_NUMS)
+        print(
+            f"| PuzzleMix {v}, mean over the grid draw | {avg * 1e3:.1f} | | {avg / erm_best:.2f} | {avg / plain:.2f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["steps", "gap", "all"], default="all")
+    parser.add_argument("--part", choices=["steps", "gap", "options", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     if args.part in ("steps", "all"):
@@ -231,6 +303,8 @@ def main() -> None:
             print("gco-wrapper is not installed: the gap part needs it (pip install gco-wrapper)")
         else:
             part_gap()
+    if args.part in ("options", "all"):
+        part_options(args.repeats)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_mix.callbacks._mixing_base import MixingCallbackBase
-from lightning_mix.callbacks._saliency_pass import clean_input_saliency
+from lightning_mix.callbacks._saliency_pass import SaliencyPass, clean_input_pass
 from lightning_mix.mixing.input_saliency import CHANNEL_REDUCES, ChannelReduce
 
 _DECISION_SALT = 2
@@ -42,7 +42,20 @@ class SaliencyMixingBase(MixingCallbackBase):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
         """The clean batch's saliency (B, H, W) with this callback's eval mode and channel reduction."""
-        return clean_input_saliency(trainer, pl_module, inputs, targets, self.saliency_eval_mode, self.channel_reduce)
+        return self._saliency_pass(trainer, pl_module, inputs, targets).saliency
+
+    def _saliency_pass(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        keep_graph: bool = False,
+    ) -> SaliencyPass:
+        """The whole pass (saliency, input gradient, loss) with this callback's eval mode and channel reduction."""
+        return clean_input_pass(
+            trainer, pl_module, inputs, targets, self.saliency_eval_mode, self.channel_reduce, keep_graph
+        )
 
     def _should_mix(self) -> bool:
         """Whether this batch is mixed (:meth:`_draw_decision` with ``p``)."""

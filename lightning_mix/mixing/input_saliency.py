@@ -43,28 +43,21 @@ def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return F.nll_loss(log_p, targets)
 
 
-def input_gradient_saliency(
+def input_gradient(
     forward: Callable[[torch.Tensor], torch.Tensor],
     inputs: torch.Tensor,
     targets: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_target_loss,
-    channel_reduce: ChannelReduce = "rms",
-) -> torch.Tensor:
-    """Saliency (B, *spatial), float32: ``|d loss / d inputs|`` reduced over channels.
+    keep_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d loss / d inputs, loss)`` with ``loss = loss_fn(forward(inputs), targets)``.
 
-    ``loss = loss_fn(forward(inputs), targets)`` (default: batch-mean cross-entropy, PuzzleMix's
-    ``criterion_batch(...).mean()``), differentiated with ``torch.autograd.grad`` with respect to a
-    detached copy of ``inputs`` only, so parameters' ``.grad`` stay as they were and nothing else
-    of the graph is kept. Gradients are enabled inside even when the caller disabled them.
-    Whatever autocast context is active around the call applies to ``forward``.
-
-    Args:
-        forward: the model (an ``nn.Module`` or any callable returning logits).
-        inputs: float tensor (B, C, *spatial).
-        targets: what ``loss_fn`` takes with the logits (dense (B, K) or class indices (B,) for
-            the default).
-        loss_fn: scalar loss of ``(logits, targets)``.
-        channel_reduce: see :func:`reduce_channels`.
+    The gradient is taken with ``torch.autograd.grad`` with respect to a detached copy of
+    ``inputs`` only, so parameters' ``.grad`` stay as they were. With ``keep_graph`` the graph is
+    retained and the returned loss still carries it (a later backward of that loss reaches the
+    parameters: PuzzleMix's clean loss); otherwise the loss is detached and the graph freed.
+    Gradients are enabled inside even when the caller disabled them; whatever autocast context is
+    active around the call applies to ``forward``.
     """
     if not inputs.is_floating_point():
         raise TypeError(
@@ -78,7 +71,32 @@ def input_gradient_saliency(
         loss = loss_fn(forward(x), targets)
         if loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}.")
-        (gradient,) = torch.autograd.grad(loss, [x])
+        (gradient,) = torch.autograd.grad(loss, [x], retain_graph=keep_graph)
+    return gradient, (loss if keep_graph else loss.detach())
+
+
+def input_gradient_saliency(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_target_loss,
+    channel_reduce: ChannelReduce = "rms",
+) -> torch.Tensor:
+    """Saliency (B, *spatial), float32: ``|d loss / d inputs|`` reduced over channels.
+
+    ``loss = loss_fn(forward(inputs), targets)`` (default: batch-mean cross-entropy, PuzzleMix's
+    ``criterion_batch(...).mean()``), differentiated as :func:`input_gradient` does, so parameters'
+    ``.grad`` stay as they were and nothing else of the graph is kept.
+
+    Args:
+        forward: the model (an ``nn.Module`` or any callable returning logits).
+        inputs: float tensor (B, C, *spatial).
+        targets: what ``loss_fn`` takes with the logits (dense (B, K) or class indices (B,) for
+            the default).
+        loss_fn: scalar loss of ``(logits, targets)``.
+        channel_reduce: see :func:`reduce_channels`.
+    """
+    gradient, _ = input_gradient(forward, inputs, targets, loss_fn)
     return reduce_channels(gradient, channel_reduce)
 
 
@@ -99,6 +117,7 @@ def pool_saliency(saliency: torch.Tensor, grid: tuple[int, int], normalize: bool
 __all__ = [
     "CHANNEL_REDUCES",
     "ChannelReduce",
+    "input_gradient",
     "input_gradient_saliency",
     "pool_saliency",
     "reduce_channels",

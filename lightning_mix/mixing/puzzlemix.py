@@ -151,6 +151,10 @@ class PuzzleMixer:
             ``"torch"`` (on device, see :func:`~lightning_mix.mixing.graphcut.solve_grid_torch`)
             or ``"auto"`` (gco when installed).
         sweeps: iterated-conditional-modes sweeps of the torch solver.
+        t_size: side in pixels of the transport's blocks (authors: -1, the mask's blocks). A size
+            below the mask's block size transports on the finer grid ``H // t_size`` (the mask and
+            the saliency brought to it, as the authors' ``t_size < block_size`` branch); it must
+            divide the block size, on square images. Sizes at or above the block size use the mask's grid.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class PuzzleMixer:
         t_eps: float = 0.8,
         solver: Solver = "auto",
         sweeps: int = 8,
+        t_size: int = -1,
     ) -> None:
         if not alpha > 0:
             raise ValueError(f"PuzzleMix: alpha must be positive, got {alpha}.")
@@ -177,6 +182,8 @@ class PuzzleMixer:
             raise ValueError(f"PuzzleMix: neigh_size and sweeps must be at least 1, got {neigh_size} and {sweeps}.")
         if solver not in SOLVERS:
             raise ValueError(f"PuzzleMix: solver must be one of {SOLVERS}, got {solver!r}.")
+        if t_size != -1 and t_size < 1:
+            raise ValueError(f"PuzzleMix: t_size must be -1 (the mask's blocks) or a positive size, got {t_size}.")
         if solver == "gco" and not gco_available():
             raise ImportError(
                 "PuzzleMix(solver='gco') needs the optional gco-wrapper package: "
@@ -191,6 +198,7 @@ class PuzzleMixer:
         self.t_eps = float(t_eps)
         self.solver = solver
         self.sweeps = int(sweeps)
+        self.t_size = int(t_size)
         self.uses_gco = solver == "gco" or (solver == "auto" and gco_available())
 
     def solve(self, unary: torch.Tensor, w_v: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
@@ -206,12 +214,14 @@ class PuzzleMixer:
         saliency: torch.Tensor,
         block_num: int,
         generator: torch.Generator | None = None,
+        own_sources: torch.Tensor | None = None,
+        partner_sources: torch.Tensor | None = None,
     ) -> MixedBatch:
         check_puzzle_inputs(inputs, (block_num,))
         b, device = inputs.shape[0], inputs.device
         index = make_pairing(b, "random", generator=generator, device=device)
         lam = sample_beta(self.alpha, self.alpha, 1, generator, device).expand(b)
-        return self.mix(inputs, targets, saliency, block_num, index, lam)
+        return self.mix(inputs, targets, saliency, block_num, index, lam, own_sources, partner_sources)
 
     def mix(
         self,
@@ -221,32 +231,79 @@ class PuzzleMixer:
         block_num: int,
         index: torch.Tensor,
         lam: torch.Tensor,
+        own_sources: torch.Tensor | None = None,
+        partner_sources: torch.Tensor | None = None,
     ) -> MixedBatch:
-        """The PuzzleMix of ``inputs`` with ``inputs[index]`` for given partners and prior lam (B,)."""
+        """The PuzzleMix of ``inputs`` with ``inputs[index]`` for given partners and prior lam (B,).
+
+        The mask is optimised on ``inputs`` (their data-smoothness terms). The images that are cut,
+        transported and composed are ``own_sources`` and ``partner_sources[index]`` (both default
+        to ``inputs``, same shape): PuzzleMix's adversarial step perturbs them after the mask is
+        chosen, and the callback optimises the mask on un-normalised pixels while it composes the
+        normalised images.
+        """
         n = block_num
+        own = inputs if own_sources is None else own_sources
+        pool = inputs if partner_sources is None else partner_sources
+        for name, source in (("own_sources", own), ("partner_sources", pool)):
+            if source.shape != inputs.shape:
+                raise ValueError(
+                    f"PuzzleMixer: {name} must have the inputs' shape {tuple(inputs.shape)}, got {tuple(source.shape)}."
+                )
         sal_own = pool_saliency(saliency, (n, n))
         sal_partner = sal_own.index_select(0, index)
-        partner = inputs.index_select(0, index)
         unary, w_v, w_h = puzzle_energy(
-            sal_own, sal_partner, inputs, partner, lam, self.beta, self.gamma, self.eta, self.neigh_size, self.n_labels
+            sal_own,
+            sal_partner,
+            inputs,
+            inputs.index_select(0, index),
+            lam,
+            self.beta,
+            self.gamma,
+            self.eta,
+            self.neigh_size,
+            self.n_labels,
         )
         labels = self.solve(unary, w_v, w_h)
         block_mask = 1.0 - labels.float() / (self.n_labels - 1)  # weight of the own image per block
-        own = inputs
+        partner = pool.index_select(0, index)
         if self.transport:
-            own = permute_blocks(inputs, transport_sources(block_mask > 0, sal_own, self.t_eps), n)
-            partner = permute_blocks(partner, transport_sources(block_mask < 1, sal_partner, self.t_eps), n)
+            grid = transport_grid(inputs, n, self.t_size)
+            t_mask, t_own, t_partner = block_mask, sal_own, sal_partner
+            if grid != n:  # the authors' t_size < block_size: mask (nearest) and saliency on the finer grid
+                t_mask = block_mask.repeat_interleave(grid // n, dim=1).repeat_interleave(grid // n, dim=2)
+                t_own = pool_saliency(saliency, (grid, grid))
+                t_partner = t_own.index_select(0, index)
+            own = permute_blocks(own, transport_sources(t_mask > 0, t_own, self.t_eps), grid)
+            partner = permute_blocks(partner, transport_sources(t_mask < 1, t_partner, self.t_eps), grid)
         height, width = inputs.shape[-2:]
         mask = block_mask.repeat_interleave(height // n, dim=1).repeat_interleave(width // n, dim=2).unsqueeze(1)
-        mixed = torch.lerp(partner, own, mask.to(inputs.dtype))
+        mixed = torch.lerp(partner, own, mask.to(own.dtype))
         mixed_lam = block_mask.flatten(1).mean(dim=1)
         return MixedBatch(mixed, mix_targets(targets, index, mixed_lam), index, mixed_lam)
 
     def __repr__(self) -> str:
         return (
             f"PuzzleMixer(alpha={self.alpha}, n_labels={self.n_labels}, beta={self.beta}, gamma={self.gamma}, "
-            f"eta={self.eta}, transport={self.transport}, solver={self.solver!r})"
+            f"eta={self.eta}, transport={self.transport}, t_size={self.t_size}, solver={self.solver!r})"
         )
+
+
+def transport_grid(inputs: torch.Tensor, block_num: int, t_size: int) -> int:
+    """The transport's grid size for a ``block_num`` mask: ``block_num``, or ``H // t_size`` when
+    ``t_size`` is below the block size (then it must divide the block size, and the images be square).
+    """
+    height, width = inputs.shape[-2:]
+    block = height // block_num
+    if t_size == -1 or t_size >= block:
+        return block_num
+    if block % t_size or height != width:
+        raise ValueError(
+            f"PuzzleMix: t_size={t_size} must divide the mask's block size {block} (grid {block_num} on "
+            f"{height}x{width} images) and the images must be square; use t_size=-1 or a divisor of every block "
+            "size below it."
+        )
+    return height // t_size
 
 
 def check_puzzle_inputs(inputs: torch.Tensor, block_nums: Sequence[int]) -> None:
@@ -265,4 +322,12 @@ def check_puzzle_inputs(inputs: torch.Tensor, block_nums: Sequence[int]) -> None
         )
 
 
-__all__ = ["SOLVERS", "PuzzleMixer", "Solver", "check_puzzle_inputs", "label_prior", "puzzle_energy"]
+__all__ = [
+    "SOLVERS",
+    "PuzzleMixer",
+    "Solver",
+    "check_puzzle_inputs",
+    "label_prior",
+    "puzzle_energy",
+    "transport_grid",
+]

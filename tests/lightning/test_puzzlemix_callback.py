@@ -88,23 +88,30 @@ def test_constructor_rejects_bad_options():
         PuzzleMix(solver="maxflow")
 
 
-def test_resume_continues_the_mix_sequence(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"adv_p": 0.7, "clean_lam": 0.5, "pixel_mean": [0.5], "pixel_std": [0.25]}],
+    ids=["defaults", "adversarial-clean-loss"],
+)
+def test_resume_continues_the_mix_sequence(tmp_path, options):
     data = image_data(16)  # one batch per epoch: every step sees the same clean batch, whatever the loop resumes at
 
     def run(steps, ckpt=None, save=None):
         pl.seed_everything(0)
         model = TinyCNN(dropout=0.0)  # dropout's global RNG is not in a checkpoint; the mix stream is
-        puzzle = PuzzleMix(block_nums=[2, 4], solver="torch", seed=5)
+        puzzle = PuzzleMix(block_nums=[2, 4], solver="torch", seed=5, **options)
         trainer = _trainer([puzzle], steps=steps)
         trainer.fit(model, DataLoader(data, batch_size=16), ckpt_path=ckpt)
         if save:
             trainer.save_checkpoint(save)
-        return model.train_seen
+        return model.train_seen, [p.detach().clone() for p in model.parameters()]
 
-    full = run(4)
+    full, full_params = run(4)
     run(2, save=tmp_path / "half.ckpt")
-    resumed = run(4, ckpt=tmp_path / "half.ckpt")
+    resumed, resumed_params = run(4, ckpt=tmp_path / "half.ckpt")
     assert len(resumed) == 2
     for (x_full, y_full), (x_res, y_res) in zip(full[2:], resumed):
-        torch.testing.assert_close(x_res, x_full)
-        torch.testing.assert_close(y_res, y_full)
+        torch.testing.assert_close(x_res, x_full, rtol=0, atol=0)
+        torch.testing.assert_close(y_res, y_full, rtol=0, atol=0)
+    for a, b in zip(full_params, resumed_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

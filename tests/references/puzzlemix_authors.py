@@ -4,7 +4,12 @@ Follows snu-mllab/PuzzleMix:
 * ``mixup.py`` at commit 7eba27e86fb053950f48c3935bdac8c1274e7c89: ``mixup_graph`` (unary and
   pairwise terms), ``neigh_penalty``, ``graphcut_multi`` (prior table and the energy handed to gco);
 * ``imagenet/mixup.py`` at commit 0534b55f120ddca5f8802a0b066c8377e80eb737: ``mask_transport``
-  (the version whose loop raises the losers' cost each round).
+  (the version whose loop raises the losers' cost each round);
+* ``main.py`` (``train``) and ``mixup.py`` (``mixup_graph``) at commit 7eba27e8: the adversarial
+  step (random start, FGSM step from the saliency pass's input gradient, noise on the own images
+  and/or the partners in pixel space);
+* ``imagenet/train.py`` at commit 54085ba1b30e2db81206b5b4edb7c5de5c262594: the clean loss
+  (``authors_clean_loss``).
 Written sample by sample and with the authors' index conventions (``input1`` own, ``input2``
 partner), CPU only; the gco call is left out: the function returns the energy gco would minimise.
 """
@@ -114,3 +119,39 @@ def mask_transport(mask, grad_pool, eps=0.01):
         plan_lose = (1 - plan_win) * plan
         cost += plan_lose
     return plan_win
+
+
+def authors_adversarial_start(input, uniform, adv_eps, mean, std):
+    """``main.py``'s random start: ``noise ~ U(-eps, eps)`` (given here as ``uniform``), pixels
+    clamped to [0, 1]; returns (noise after the clamp, the normalised input of the saliency pass)."""
+    noise = uniform.clone()
+    input_orig = input * std + mean
+    input_noise = torch.clamp(input_orig + noise, 0, 1)
+    noise = input_noise - input_orig
+    return noise, (input_noise - mean) / std
+
+
+def authors_adversarial_noise(noise, grad, adv_eps, adv_mix_coef):
+    """``main.py`` after the saliency backward: FGSM step of size (adv_eps + 2) / 255, clamp, coef."""
+    noise = noise + (adv_eps + 2) / 255.0 * grad.sign()
+    noise = torch.clamp(noise, -adv_eps / 255.0, adv_eps / 255.0)
+    return adv_mix_coef * noise
+
+
+def authors_perturbed_sources(input1, indices, noise, adv_mask1, adv_mask2, mean, std):
+    """``mixup_graph``'s "add adversarial noise": the own images (adv_mask1) and the partners
+    ``input1[indices]`` (adv_mask2, with ``noise[indices]``), clamped to [0, 1] in pixel space."""
+    input2 = input1[indices].clone()
+    if adv_mask1 == 1:
+        input1 = torch.clamp(input1 * std + mean + noise, 0, 1)
+        input1 = (input1 - mean) / std
+    if adv_mask2 == 1:
+        input2 = torch.clamp(input2 * std + mean + noise[indices], 0, 1)
+        input2 = (input2 - mean) / std
+    return input1, input2
+
+
+def authors_clean_loss(logits, target, clean_lam):
+    """``imagenet/train.py``'s clean loss, ``clean_lam * CrossEntropyLoss()(output, target)`` (the
+    CIFAR ``main.py`` writes ``2 * clean_lam / num_classes`` next to its BCE-of-softmax mixed loss)."""
+    return clean_lam * F.cross_entropy(logits, target)

@@ -66,3 +66,20 @@ def test_pool_saliency_block_means_sum_to_one_and_zero_maps_become_uniform():
     blocks = torch.tensor([[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]]) / 4.0
     torch.testing.assert_close(pooled[0], blocks / blocks.sum())
     torch.testing.assert_close(pooled[1], torch.full((2, 2), 0.25))
+
+
+def test_input_gradient_keeps_the_loss_graph_only_when_asked():
+    from lightning_mix.mixing.input_saliency import input_gradient, input_gradient_saliency
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))
+    gradient, loss = input_gradient(model, x, y)
+    assert loss.grad_fn is None and all(p.grad is None for p in model.parameters())
+    torch.testing.assert_close(gradient.square().mean(dim=1).sqrt(), input_gradient_saliency(model, x, y))
+    gradient_kept, loss_kept = input_gradient(model, x, y, keep_graph=True)
+    torch.testing.assert_close(gradient_kept, gradient)
+    loss_kept.backward()  # the retained graph reaches the parameters: the clean loss's gradient
+    expected = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), list(model.parameters()))
+    for p, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, want)
