@@ -16,9 +16,11 @@ finished or is absent). A finished run is not run again, so an interrupted compa
 
 The report (printed, and written as ``OUTPUT/results.md`` and ``OUTPUT/results.csv``) gives for
 each method and metric (accuracy, NLL, ECE with 15 equal-width bins, smECE, Brier, AURC) the mean
-over seeds with a percentile bootstrap interval over test samples (the same resampled rows for
-every seed), and for each method against the baseline the paired bootstrap of the difference, its
-p-value and the Holm-adjusted p-value (over the methods compared with the baseline, per metric).
+over seeds with a percentile interval, and for each method against the baseline the paired
+bootstrap of the difference, its p-value and the Holm-adjusted p-value (over the methods compared
+with the baseline, per metric). ``--interval seeds-and-rows`` (the default) resamples the seeds and
+the test rows (two-level bootstrap: seed-to-seed variation included; the difference is paired by
+seed and row); ``--interval rows`` resamples the test rows only, the trained models held fixed.
 smECE's resamples reuse the bandwidth each seed's full test predictions select (the estimate is
 exact).
 The module's ``predict_step`` must return class probabilities ``(B, C)``, and the predict
@@ -36,7 +38,7 @@ from pathlib import Path
 import torch
 
 from lightning_mix.checkpoint_io import atomic_write_path, save_checkpoint_atomically
-from lightning_mix.evaluation import aurc, bootstrap_ci, holm_correction, paired_bootstrap
+from lightning_mix.evaluation import aurc, hierarchical_bootstrap_ci, holm_correction, paired_hierarchical_bootstrap
 from lightning_mix.metrics import functional as CF
 
 __all__ = ["METRICS", "build_parser", "compare_predictions", "main", "parse_method"]
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-resamples", type=int, default=1000, help="Bootstrap resamples of the test set.")
     parser.add_argument("--confidence-level", type=float, default=0.95)
     parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument(
+        "--interval",
+        choices=INTERVALS,
+        default="seeds-and-rows",
+        help="seeds-and-rows (default): resample seeds and test rows (seed-to-seed variation included); "
+        "rows: resample test rows only, the trained models held fixed.",
+    )
     return parser
 
 
@@ -126,24 +135,18 @@ def _run_one(configs: list[str], seed: int, overrides: list[str], run_dir: Path)
 
 
 def _per_sample_values(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(n, S) per-sample accuracy, NLL and Brier for probabilities (S, n, C)."""
+    """(S, n) per-sample accuracy, NLL and Brier for probabilities (S, n, C)."""
     picked = probs.double().gather(-1, labels.expand(probs.shape[0], -1).unsqueeze(-1)).squeeze(-1)
     one_hot = torch.nn.functional.one_hot(labels, probs.shape[-1]).double()
     return {
-        "accuracy": (probs.argmax(-1) == labels).double().T,
-        "nll": -picked.clamp_min(1e-12).log().T,
-        "brier": (probs.double() - one_hot).pow(2).sum(-1).T,
+        "accuracy": (probs.argmax(-1) == labels).double(),
+        "nll": -picked.clamp_min(1e-12).log(),
+        "brier": (probs.double() - one_hot).pow(2).sum(-1),
     }
 
 
-def _seed_mean(metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    """A one-sample statistic over (n, S, C) probabilities: the metric of each seed, averaged."""
-
-    def statistic(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        values = [torch.as_tensor(metric(probs[:, s], labels), dtype=torch.float64) for s in range(probs.shape[1])]
-        return torch.stack(values).mean()
-
-    return statistic
+def _row_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return values.mean(1)  # (chunk, n) -> (chunk,)
 
 
 def _aurc(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -155,45 +158,39 @@ def _ece(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return CF.calibration_error(probs, labels, n_bins=15, input="probs", validate_args=False)
 
 
-def _smece_at_full_data_bandwidths(probs: torch.Tensor, labels: torch.Tensor):
-    """SmECE of (n, S, C) probabilities, each seed at the bandwidth its full test predictions select.
+def _smece_at_full_data_bandwidths(probs: torch.Tensor, labels: torch.Tensor) -> list[Callable]:
+    """One SmECE statistic per seed of (S, n, C) probabilities, at the bandwidth that seed's full predictions select.
 
     The estimate equals ``smooth_ece`` exactly; resamples reuse the full-data bandwidth instead of
     searching it again (ten bisection steps, so about ten times the cost).
     """
-    sigmas = [
-        CF.smooth_ece(probs[:, s], labels, input="probs", return_bandwidth=True)[1] for s in range(probs.shape[1])
-    ]
+    sigmas = [CF.smooth_ece(p, labels, input="probs", return_bandwidth=True)[1] for p in probs]
 
-    def at_bandwidth(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        values = []
-        for s, sigma in enumerate(sigmas):
-            conf, correct = CF.top_label_confidence(p[:, s], t, input="probs")
+    def at_bandwidth(sigma: float) -> Callable:
+        def statistic(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            conf, correct = CF.top_label_confidence(p, t, input="probs")
             conf = conf.double()
             weights = torch.stack([conf - correct.double(), torch.ones_like(conf)])
-            values.append(CF.smooth_ece_at(conf, weights, sigma))
-        return torch.tensor(values, dtype=torch.float64).mean()
+            return torch.as_tensor(CF.smooth_ece_at(conf, weights, sigma), dtype=torch.float64)
 
-    return at_bandwidth
+        return statistic
+
+    return [at_bandwidth(sigma) for sigma in sigmas]
 
 
 _SAMPLE_METRICS = {
-    "ece": lambda probs, labels: _seed_mean(_ece),
+    "ece": lambda probs, labels: _ece,
     "smece": _smece_at_full_data_bandwidths,
-    "aurc": lambda probs, labels: _seed_mean(_aurc),
+    "aurc": lambda probs, labels: _aurc,
 }
+INTERVALS = ("seeds-and-rows", "rows")
 
 
 def _prepare(metric: str, probs: torch.Tensor, labels: torch.Tensor):
-    """(data resampled by rows, statistic, vectorized) of one metric for (S, n, C) probabilities."""
+    """(data (S, n, ...) resampled by seed and row, statistic(s), vectorized) of one metric."""
     if metric in _SAMPLE_METRICS:
-        data = probs.transpose(0, 1)  # (n, S, C)
-        return data, _SAMPLE_METRICS[metric](data, labels), False
-    return _per_sample_values(probs, labels)[metric], _mean_over_samples_and_seeds, True
-
-
-def _mean_over_samples_and_seeds(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return values.mean(dim=(1, 2))  # (chunk, n, S) -> (chunk,)
+        return probs, _SAMPLE_METRICS[metric](probs, labels), False
+    return _per_sample_values(probs, labels)[metric], _row_mean, True
 
 
 def compare_predictions(
@@ -202,35 +199,54 @@ def compare_predictions(
     n_resamples: int = 1000,
     confidence_level: float = 0.95,
     seed: int = 0,
+    interval: str = "seeds-and-rows",
 ) -> list[dict[str, object]]:
     """Rows of the comparison table from ``{method: (probs (S, n, C), labels (n,))}``.
 
     Each row: ``method``, ``metric``, ``estimate``, ``low``, ``high`` (seed-mean and interval),
     ``seeds``, and for non-baseline methods ``diff``, ``diff_low``, ``diff_high``, ``p_value``,
-    ``p_holm`` (method minus baseline).
+    ``p_holm`` (method minus baseline). ``interval="seeds-and-rows"`` (the default) resamples the
+    seeds and the test rows (:func:`~lightning_mix.evaluation.hierarchical_bootstrap_ci`; the
+    difference is paired by seed index and by row, so every method needs the same number of seeds,
+    seed ``s`` of each method being the same ``seed_everything`` value); ``interval="rows"``
+    resamples the test rows only, for the seed-averaged metric (the S trained models held fixed).
     """
     if baseline not in predictions:
         raise ValueError(f"baseline {baseline!r} is not among the methods {list(predictions)}.")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}.")
     labels = predictions[baseline][1]
-    for method, (_, method_labels) in predictions.items():
+    seeds = predictions[baseline][0].shape[0]
+    for method, (method_probs, method_labels) in predictions.items():
         if not torch.equal(method_labels, labels):
             raise ValueError(
                 f"Method {method!r} was tested on other labels than {baseline!r}: paired tests need one test set."
             )
-    options = {"n_resamples": n_resamples, "confidence_level": confidence_level, "seed": seed}
+        if method_probs.dim() != 3 or method_probs.shape[:2] != (seeds, labels.shape[0]):
+            raise ValueError(
+                f"Method {method!r}: probabilities must have shape (seeds, samples, classes) = ({seeds}, "
+                f"{labels.shape[0]}, C) like the baseline's (pairs are by seed index), got {tuple(method_probs.shape)}."
+            )
+    options = {
+        "n_resamples": n_resamples,
+        "confidence_level": confidence_level,
+        "seed": seed,
+        "resample_seeds": interval == "seeds-and-rows",
+    }
+    expanded = labels.expand(seeds, -1)
     rows = []
     for metric in METRICS:
         diffs = {}
         prepared = {method: _prepare(metric, probs, labels) for method, (probs, _) in predictions.items()}
         base_data, base_stat, _ = prepared[baseline]
-        for method, (probs, _) in predictions.items():
+        for method in predictions:
             data, stat, vectorized = prepared[method]
-            ci = bootstrap_ci((data, labels), stat, vectorized=vectorized, **options)
+            ci = hierarchical_bootstrap_ci((data, expanded), stat, vectorized=vectorized, **options)
             row = {"method": method, "metric": metric, "estimate": ci.estimate, "low": ci.low, "high": ci.high}
-            row["seeds"] = probs.shape[0]
+            row["seeds"] = seeds
             if method != baseline:
-                diffs[method] = paired_bootstrap(
-                    stat, data, base_data, labels, vectorized=vectorized, metric_b=base_stat, **options
+                diffs[method] = paired_hierarchical_bootstrap(
+                    stat, data, base_data, expanded, vectorized=vectorized, metric_b=base_stat, **options
                 )
             rows.append(row)
         if diffs:
@@ -241,12 +257,18 @@ def compare_predictions(
     return rows
 
 
-def _markdown(rows: list[dict[str, object]], baseline: str, confidence_level: float) -> str:
+_INTERVAL_TEXT = {
+    "seeds-and-rows": "two-level bootstrap interval over seeds and test samples",
+    "rows": "bootstrap interval over test samples (seeds held fixed)",
+}
+
+
+def _markdown(rows: list[dict[str, object]], baseline: str, confidence_level: float, interval: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["metric"]): r for r in rows}
     level = f"{100 * confidence_level:g}%"
     lines = [
-        f"Mean over seeds, {level} bootstrap interval over test samples:",
+        f"Mean over seeds, {level} {_INTERVAL_TEXT[interval]}:",
         "",
         "| method | seeds | " + " | ".join(METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
@@ -258,7 +280,8 @@ def _markdown(rows: list[dict[str, object]], baseline: str, confidence_level: fl
     if others:
         lines += [
             "",
-            f"Difference to the baseline ({baseline}), paired bootstrap {level} interval, p-value (Holm-adjusted):",
+            f"Difference to the baseline ({baseline}), paired {level} {_INTERVAL_TEXT[interval]}"
+            " (paired by seed and row), p-value (Holm-adjusted):",
             "",
             "| method | " + " | ".join(METRICS) + " |",
             "|---|" + "---|" * len(METRICS),
@@ -340,8 +363,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     for name in methods:
         stored = [torch.load(_run_dir(output, name, s) / "predictions.pt", weights_only=True) for s in args.seeds]
         predictions[name] = (torch.stack([s["probs"] for s in stored]), stored[0]["labels"])
-    rows = compare_predictions(predictions, baseline, args.n_resamples, args.confidence_level, args.bootstrap_seed)
-    markdown = _markdown(rows, baseline, args.confidence_level)
+    rows = compare_predictions(
+        predictions, baseline, args.n_resamples, args.confidence_level, args.bootstrap_seed, args.interval
+    )
+    markdown = _markdown(rows, baseline, args.confidence_level, args.interval)
     output.mkdir(parents=True, exist_ok=True)
     _write_atomic(output / "results.md", markdown)
     _write_atomic(output / "results.csv", _csv_text(rows))
