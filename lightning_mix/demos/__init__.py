@@ -4,6 +4,7 @@ from lightning_mix.demos.data_modules import (
     DiabetesDataModule,
     MNIST5kDataModule,
     RandomShiftDataset,
+    cv_half_split,
     embedded_data_path,
 )
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
@@ -18,5 +19,6 @@ __all__ = [
     "SMMixTinyViT",
     "SmallCNN",
     "TinyViT",
+    "cv_half_split",
     "embedded_data_path",
 ]
