@@ -33,15 +33,33 @@ import argparse
 import csv
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lightning_mix.checkpoint_io import atomic_write_path, save_checkpoint_atomically
+from lightning_mix.cli._compare_cv import (
+    CV_CSV_FIELDS,
+    CV_SCHEMES,
+    check_cv_support,
+    compare_cv_predictions,
+    cv_markdown,
+    cv_overrides,
+    cv_run_dir,
+)
 from lightning_mix.evaluation import aurc, hierarchical_bootstrap_ci, holm_correction, paired_hierarchical_bootstrap
 from lightning_mix.metrics import functional as CF
 
-__all__ = ["METRICS", "build_parser", "compare_predictions", "main", "parse_method"]
+__all__ = [
+    "INTERVALS",
+    "METRICS",
+    "build_parser",
+    "compare_cv_predictions",
+    "compare_predictions",
+    "main",
+    "parse_method",
+]
 
 METRICS = ("accuracy", "nll", "ece", "smece", "brier", "aurc")
 _HIGHER_IS_BETTER = {"accuracy": True}
@@ -62,7 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[=CFG[,CFG...]]",
         help="A method: its name and the config files added to the base (repeat for each method).",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="Seeds (seed_everything).")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Seeds (seed_everything); default 0 1 2 3 4, and 0 with --cv (one seed for every fold run).",
+    )
+    parser.add_argument(
+        "--cv",
+        choices=tuple(CV_SCHEMES),
+        default=None,
+        help="5x2: train each method on 5 repetitions of a 2-fold split of the training data (the DataModule's "
+        "cv_repeat and cv_fold init arguments) and report the 5x2cv paired t-test and combined F-test.",
+    )
     parser.add_argument("--baseline", default=None, help="Method the others are tested against (default: the first).")
     parser.add_argument("--output", default="compare", help="Folder for the runs' predictions and the tables.")
     parser.add_argument("--n-resamples", type=int, default=1000, help="Bootstrap resamples of the test set.")
@@ -84,6 +115,17 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"--method {spec!r}: the name must be a plain folder name, e.g. 'mixup=callbacks/mixup.yaml'.")
     return name, [c for c in configs.split(",") if c]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One training run: a method, its label in the progress line, its seed, its extra arguments and folder."""
+
+    method: str
+    label: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
 
 
 def _run_dir(output: Path, method: str, seed: int) -> Path:
@@ -302,10 +344,10 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _csv_text(rows: list[dict[str, object]]) -> str:
+def _csv_text(rows: list[dict[str, object]], fields: list[str] | None = None) -> str:
     import io
 
-    fields = [
+    fields = fields or [
         "method",
         "metric",
         "seeds",
@@ -339,8 +381,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     baseline = args.baseline or next(iter(methods))
     if baseline not in methods:
         raise ValueError(f"--baseline {baseline!r} is not one of the methods {list(methods)}.")
-    if len(set(args.seeds)) != len(args.seeds):
-        raise ValueError(f"--seeds must be distinct, got {args.seeds}.")
     if args.n_resamples < 2 or not 0 < args.confidence_level < 1:
         raise ValueError("--n-resamples must be at least 2 and --confidence-level in (0, 1).")
     for name, extra in methods.items():
@@ -351,26 +391,73 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         if missing:
             raise FileNotFoundError(f"Method {name!r}: config file(s) not found: {missing}.")
     output = Path(args.output)
-    runs = [(name, seed) for name in methods for seed in args.seeds]
-    for k, (name, seed) in enumerate(runs, start=1):
-        run_dir = _run_dir(output, name, seed)
-        if (run_dir / "predictions.pt").is_file():
-            print(f"[{k}/{len(runs)}] {name} seed={seed}: done before, skipped", flush=True)
+    if args.cv:
+        seeds = args.seeds or [0]
+        if len(seeds) != 1:
+            raise ValueError(f"--cv {args.cv} runs each fold once: give one seed (e.g. --seeds 0), got {seeds}.")
+        for name, extra in methods.items():
+            check_cv_support(name, args.config + extra, overrides)
+        repeats, folds = CV_SCHEMES[args.cv]
+        runs = [
+            _Run(name, f"repeat={i} fold={f}", seeds[0], cv_overrides(i, f), cv_run_dir(output, name, i, f))
+            for name in methods
+            for i in range(repeats)
+            for f in range(folds)
+        ]
+    else:
+        seeds = args.seeds or [0, 1, 2, 3, 4]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"--seeds must be distinct, got {seeds}.")
+        runs = [
+            _Run(name, f"seed={seed}", seed, [], _run_dir(output, name, seed)) for name in methods for seed in seeds
+        ]
+    for k, run in enumerate(runs, start=1):
+        if (run.run_dir / "predictions.pt").is_file():
+            print(f"[{k}/{len(runs)}] {run.method} {run.label}: done before, skipped", flush=True)
             continue
-        print(f"[{k}/{len(runs)}] {name} seed={seed}: running", flush=True)
-        _run_one(args.config + methods[name], seed, overrides, run_dir)
+        print(f"[{k}/{len(runs)}] {run.method} {run.label}: running", flush=True)
+        _run_one(args.config + methods[run.method], run.seed, [*overrides, *run.overrides], run.run_dir)
+    if args.cv:
+        rows = _report_cv(runs, methods, baseline, output)
+    else:
+        rows = _report_seeds(runs, methods, baseline, output, args)
+    return rows
+
+
+def _load(run: _Run) -> dict:
+    return torch.load(run.run_dir / "predictions.pt", weights_only=True)
+
+
+def _write_report(output: Path, markdown: str, csv_text: str) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    _write_atomic(output / "results.md", markdown)
+    _write_atomic(output / "results.csv", csv_text)
+    print(markdown, end="")
+
+
+def _report_seeds(runs: list[_Run], methods, baseline: str, output: Path, args) -> list[dict[str, object]]:
     predictions = {}
     for name in methods:
-        stored = [torch.load(_run_dir(output, name, s) / "predictions.pt", weights_only=True) for s in args.seeds]
+        stored = [_load(run) for run in runs if run.method == name]
         predictions[name] = (torch.stack([s["probs"] for s in stored]), stored[0]["labels"])
     rows = compare_predictions(
         predictions, baseline, args.n_resamples, args.confidence_level, args.bootstrap_seed, args.interval
     )
-    markdown = _markdown(rows, baseline, args.confidence_level, args.interval)
-    output.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output / "results.md", markdown)
-    _write_atomic(output / "results.csv", _csv_text(rows))
-    print(markdown, end="")
+    _write_report(output, _markdown(rows, baseline, args.confidence_level, args.interval), _csv_text(rows))
+    return rows
+
+
+def _report_cv(runs: list[_Run], methods, baseline: str, output: Path) -> list[dict[str, object]]:
+    repeats, folds = CV_SCHEMES["5x2"]
+    predictions = {}
+    for name in methods:
+        stored = [_load(run) for run in runs if run.method == name]  # ordered by repetition, then fold
+        predictions[name] = [
+            [(stored[i * folds + f]["probs"], stored[i * folds + f]["labels"]) for f in range(folds)]
+            for i in range(repeats)
+        ]
+    rows = compare_cv_predictions(predictions, baseline)
+    _write_report(output, cv_markdown(rows, baseline), _csv_text(rows, CV_CSV_FIELDS))
     return rows
 
 
