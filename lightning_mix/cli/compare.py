@@ -48,6 +48,7 @@ from lightning_mix.cli._compare_cv import (
     cv_overrides,
     cv_run_dir,
 )
+from lightning_mix.cli._compare_plots import write_plots
 from lightning_mix.evaluation import aurc, hierarchical_bootstrap_ci, holm_correction, paired_hierarchical_bootstrap
 from lightning_mix.metrics import functional as CF
 
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-resamples", type=int, default=1000, help="Bootstrap resamples of the test set.")
     parser.add_argument("--confidence-level", type=float, default=0.95)
     parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument(
+        "--no-plots",
+        dest="plots",
+        action="store_false",
+        help="Write no figures (by default, with matplotlib installed: one PNG per metric and the reliability "
+        "diagrams, next to results.md).",
+    )
     parser.add_argument(
         "--interval",
         choices=INTERVALS,
@@ -418,7 +426,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         print(f"[{k}/{len(runs)}] {run.method} {run.label}: running", flush=True)
         _run_one(args.config + methods[run.method], run.seed, [*overrides, *run.overrides], run.run_dir)
     if args.cv:
-        rows = _report_cv(runs, methods, baseline, output)
+        rows = _report_cv(runs, methods, baseline, output, args.plots)
     else:
         rows = _report_seeds(runs, methods, baseline, output, args)
     return rows
@@ -428,8 +436,25 @@ def _load(run: _Run) -> dict:
     return torch.load(run.run_dir / "predictions.pt", weights_only=True)
 
 
-def _write_report(output: Path, markdown: str, csv_text: str) -> None:
+def _plot_links(written: list[str]) -> str:
+    if not written:
+        return ""
+    lines = ["", "Figures:", ""] + [f"![{Path(name).stem}]({name})" for name in written]
+    return "\n".join(lines) + "\n"
+
+
+def _write_report(
+    output: Path,
+    markdown: str,
+    csv_text: str,
+    rows: list[dict[str, object]],
+    pooled: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    interval_label: str,
+    plots: bool,
+) -> None:
     output.mkdir(parents=True, exist_ok=True)
+    if plots:  # the figures first, so that every link in results.md points to a file
+        markdown += _plot_links(write_plots(rows, pooled, output, METRICS, interval_label))
     _write_atomic(output / "results.md", markdown)
     _write_atomic(output / "results.csv", csv_text)
     print(markdown, end="")
@@ -443,11 +468,17 @@ def _report_seeds(runs: list[_Run], methods, baseline: str, output: Path, args) 
     rows = compare_predictions(
         predictions, baseline, args.n_resamples, args.confidence_level, args.bootstrap_seed, args.interval
     )
-    _write_report(output, _markdown(rows, baseline, args.confidence_level, args.interval), _csv_text(rows))
+    pooled = {
+        name: (probs.reshape(-1, probs.shape[-1]), labels.repeat(probs.shape[0]))
+        for name, (probs, labels) in predictions.items()
+    }
+    label = f"{100 * args.confidence_level:g}% {_INTERVAL_TEXT[args.interval]}"
+    markdown = _markdown(rows, baseline, args.confidence_level, args.interval)
+    _write_report(output, markdown, _csv_text(rows), rows, pooled, label, args.plots)
     return rows
 
 
-def _report_cv(runs: list[_Run], methods, baseline: str, output: Path) -> list[dict[str, object]]:
+def _report_cv(runs: list[_Run], methods, baseline: str, output: Path, plots: bool) -> list[dict[str, object]]:
     repeats, folds = CV_SCHEMES["5x2"]
     predictions = {}
     for name in methods:
@@ -457,7 +488,12 @@ def _report_cv(runs: list[_Run], methods, baseline: str, output: Path) -> list[d
             for i in range(repeats)
         ]
     rows = compare_cv_predictions(predictions, baseline)
-    _write_report(output, cv_markdown(rows, baseline), _csv_text(rows, CV_CSV_FIELDS))
+    pooled = {
+        name: (torch.cat([p for rep in table for p, _ in rep]), torch.cat([t for rep in table for _, t in rep]))
+        for name, table in predictions.items()
+    }
+    label = "standard deviation over the 10 held-out halves"
+    _write_report(output, cv_markdown(rows, baseline), _csv_text(rows, CV_CSV_FIELDS), rows, pooled, label, plots)
     return rows
 
 

@@ -70,6 +70,8 @@ def test_compare_runs_stores_resumes_and_writes_tables(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(compare.METRICS) and {r["method"] for r in rows} == {"erm", "fast"}
     assert (out / "results.md").read_text() in first
+    for name in [f"plot_{m}.png" for m in compare.METRICS] + ["reliability_diagrams.png"]:
+        assert (out / name).is_file() and f"({name})" in first  # written and linked from results.md
 
     mtime = (out / "erm" / "seed=0" / "predictions.pt").stat().st_mtime_ns
     main(argv)  # resumes: nothing is run again

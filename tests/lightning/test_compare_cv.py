@@ -145,3 +145,4 @@ def test_cv_runs_the_folds_on_shared_halves_and_resumes(tmp_path, capsys):
     row = next(r for r in rows if r["method"] == "fast" and r["metric"] == "accuracy")
     assert row["folds"] == 10 and row["p_t_holm"] is not None
     assert (out / "results.csv").read_text().startswith("method,metric,folds,estimate,sd,diff,t,p_t")
+    assert (out / "reliability_diagrams.png").is_file() and "(plot_accuracy.png)" in (out / "results.md").read_text()
