@@ -49,6 +49,7 @@ from lightning_mix.cli._compare_cv import (
     cv_run_dir,
 )
 from lightning_mix.cli._compare_plots import write_plots
+from lightning_mix.cli._run_progress import PROGRESS_MODES, RunProgress
 from lightning_mix.evaluation import aurc, hierarchical_bootstrap_ci, holm_correction, paired_hierarchical_bootstrap
 from lightning_mix.metrics import functional as CF
 
@@ -100,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-resamples", type=int, default=1000, help="Bootstrap resamples of the test set.")
     parser.add_argument("--confidence-level", type=float, default=0.95)
     parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="bar: one tqdm progress bar over the runs (on stderr); lines: a line per run (on stdout); auto "
+        "(default): the bar when stderr is a terminal and tqdm is installed, else the lines.",
+    )
     parser.add_argument(
         "--no-plots",
         dest="plots",
@@ -419,12 +427,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         runs = [
             _Run(name, f"seed={seed}", seed, [], _run_dir(output, name, seed)) for name in methods for seed in seeds
         ]
-    for k, run in enumerate(runs, start=1):
-        if (run.run_dir / "predictions.pt").is_file():
-            print(f"[{k}/{len(runs)}] {run.method} {run.label}: done before, skipped", flush=True)
-            continue
-        print(f"[{k}/{len(runs)}] {run.method} {run.label}: running", flush=True)
-        _run_one(args.config + methods[run.method], run.seed, [*overrides, *run.overrides], run.run_dir)
+    progress = RunProgress(len(runs), args.progress)
+    try:
+        for run in runs:
+            if (run.run_dir / "predictions.pt").is_file():
+                progress.step(f"{run.method} {run.label}", "done before, skipped")
+                continue
+            progress.begin(f"{run.method} {run.label}")
+            _run_one(args.config + methods[run.method], run.seed, [*overrides, *run.overrides], run.run_dir)
+            progress.step(f"{run.method} {run.label}", "done")
+    finally:
+        progress.close()
     if args.cv:
         rows = _report_cv(runs, methods, baseline, output, args.plots)
     else:
