@@ -21,6 +21,11 @@ bootstrap of the difference, its p-value and the Holm-adjusted p-value (over the
 with the baseline, per metric). ``--interval seeds-and-rows`` (the default) resamples the seeds and
 the test rows (two-level bootstrap: seed-to-seed variation included; the difference is paired by
 seed and row); ``--interval rows`` resamples the test rows only, the trained models held fixed.
+``--cv 5x2`` instead trains each method on the 10 folds of 5 repetitions of a 2-fold split (the
+DataModule's ``cv_repeat`` and ``cv_fold`` init arguments) and reports the 5x2cv paired t-test and
+combined F-test against the baseline, Holm-adjusted. With matplotlib, a PNG per metric (means and
+intervals) and the reliability diagrams side by side are written next to ``results.md`` and linked
+from it. Progress: a tqdm bar over the runs in a terminal, a line per run otherwise.
 smECE's resamples reuse the bandwidth each seed's full test predictions select (the estimate is
 exact).
 The module's ``predict_step`` must return class probabilities ``(B, C)``, and the predict
