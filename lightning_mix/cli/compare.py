@@ -54,6 +54,14 @@ from lightning_mix.cli._compare_cv import (
     cv_run_dir,
 )
 from lightning_mix.cli._compare_plots import write_plots
+from lightning_mix.cli._compare_statistics import (
+    aurc_features,
+    ece_features,
+    smece_features,
+    vectorised_aurc,
+    vectorised_ece,
+    vectorised_smece,
+)
 from lightning_mix.cli._run_progress import PROGRESS_MODES, RunProgress
 from lightning_mix.evaluation import aurc, hierarchical_bootstrap_ci, holm_correction, paired_hierarchical_bootstrap
 from lightning_mix.metrics import functional as CF
@@ -222,29 +230,19 @@ def _ece(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _smece_at_full_data_bandwidths(probs: torch.Tensor, labels: torch.Tensor) -> list[Callable]:
-    """One SmECE statistic per seed of (S, n, C) probabilities, at the bandwidth that seed's full predictions select.
+    """One vectorised SmECE statistic per seed of (S, n, C) probabilities, at the bandwidth that seed's full
+    predictions select.
 
     The estimate equals ``smooth_ece`` exactly; resamples reuse the full-data bandwidth instead of
     searching it again (ten bisection steps, so about ten times the cost).
     """
-    sigmas = [CF.smooth_ece(p, labels, input="probs", return_bandwidth=True)[1] for p in probs]
-
-    def at_bandwidth(sigma: float) -> Callable:
-        def statistic(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            conf, correct = CF.top_label_confidence(p, t, input="probs")
-            conf = conf.double()
-            weights = torch.stack([conf - correct.double(), torch.ones_like(conf)])
-            return torch.as_tensor(CF.smooth_ece_at(conf, weights, sigma), dtype=torch.float64)
-
-        return statistic
-
-    return [at_bandwidth(sigma) for sigma in sigmas]
+    return [vectorised_smece(CF.smooth_ece(p, labels, input="probs", return_bandwidth=True)[1]) for p in probs]
 
 
-_SAMPLE_METRICS = {
-    "ece": lambda probs, labels: _ece,
-    "smece": _smece_at_full_data_bandwidths,
-    "aurc": lambda probs, labels: _aurc,
+_SAMPLE_METRICS = {  # metric: (per-row features, statistic or per-seed statistics of the features)
+    "ece": (ece_features, lambda probs, labels: vectorised_ece),
+    "smece": (smece_features, _smece_at_full_data_bandwidths),
+    "aurc": (aurc_features, lambda probs, labels: vectorised_aurc),
 }
 INTERVALS = ("seeds-and-rows", "rows")
 
@@ -252,7 +250,8 @@ INTERVALS = ("seeds-and-rows", "rows")
 def _prepare(metric: str, probs: torch.Tensor, labels: torch.Tensor):
     """(data (S, n, ...) resampled by seed and row, statistic(s), vectorized) of one metric."""
     if metric in _SAMPLE_METRICS:
-        return probs, _SAMPLE_METRICS[metric](probs, labels), False
+        features, statistics = _SAMPLE_METRICS[metric]
+        return features(probs, labels), statistics(probs, labels), True
     return _per_sample_values(probs, labels)[metric], _row_mean, True
 
 
