@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import Metric
 
 from lightning_mix.checkpoint_io import atomic_write_path
+from lightning_mix.evaluation import BootstrapResult, bootstrap_ci
 from lightning_mix.metrics import (
     BrierScore,
     CalibrationError,
@@ -113,6 +114,17 @@ def labels_of(targets: torch.Tensor) -> torch.Tensor:
     return targets.long()
 
 
+def _gather_rows(pl_module: pl.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``rows`` concatenated in rank order (shards of different lengths are padded for the gather)."""
+    if pl_module.trainer.world_size == 1:
+        return rows
+    sizes = pl_module.all_gather(torch.tensor(rows.shape[0], device=rows.device)).reshape(-1).tolist()
+    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = pl_module.all_gather(padded)  # (world_size, max_rows, ...)
+    return torch.cat([gathered[rank, :size] for rank, size in enumerate(sizes)])
+
+
 def figure_to_rgb(fig: Any):
     """(H, W, 3) uint8 numpy image of a matplotlib figure (for loggers' ``log_image``)."""
     import numpy as np
@@ -149,6 +161,18 @@ class CalibrationMonitor(Callback):
     Kumar et al.), ``smece``, ``overconfidence``, ``underconfidence``, ``brier``, ``nll``; all
     with ``n_bins`` bins where binned.
 
+    Intervals on test (``intervals=True``): the callback also stores the test outputs and labels
+    (``n * C * 4`` bytes of float32 outputs plus ``n * 8`` bytes of labels per test dataloader, on
+    the module's device; under DDP every rank gathers all ranks' rows at the end of the epoch) and
+    logs each metric's percentile bootstrap interval over test rows as ``test/cal/{name}_low`` and
+    ``test/cal/{name}_high`` (:func:`~lightning_mix.evaluation.bootstrap_ci` with
+    ``n_resamples``, ``confidence_level`` and ``bootstrap_seed``; each resample recomputes the
+    metric with the same class as the logged value, so the cost is ``n_resamples`` metric
+    computations per metric, ten times that for ``smece``, which searches its bandwidth on each
+    resample). The results are kept in ``last_intervals`` (``{logged name: BootstrapResult}``).
+    Under DDP, Lightning's ``DistributedSampler`` pads the ranks' shards to equal length by
+    repeating a few rows; the logged metrics count them as well, and so do the intervals.
+
     The reliability diagram (``plot=True``, needs ``pip install lightning-mix[plot]``) goes to
     every logger: ``add_figure`` on TensorBoard, ``log_image`` where a logger has it, otherwise a
     PNG under ``trainer.log_dir/reliability_diagrams/``. With no logger at all nothing is written.
@@ -177,8 +201,19 @@ class CalibrationMonitor(Callback):
         n_bins: int = 15,
         num_classes: int | None = None,
         input: str = "logits",
+        intervals: bool = False,
+        n_resamples: int = 1000,
+        confidence_level: float = 0.95,
+        bootstrap_seed: int = 0,
     ) -> None:
         super().__init__()
+        if intervals and "test" not in stages:
+            raise ValueError(f"intervals=True reports intervals on test, but stages={list(stages)} leaves test out.")
+        if n_resamples < 2 or not 0.0 < confidence_level < 1.0:
+            raise ValueError(
+                f"n_resamples must be at least 2 and confidence_level in (0, 1), got {n_resamples} and "
+                f"{confidence_level}."
+            )
         if input not in _INPUTS:
             raise ValueError(f"input must be one of {_INPUTS} (what forward returns), got {input!r}.")
         names = list(DEFAULT_METRICS if metrics is None else metrics)
@@ -199,6 +234,12 @@ class CalibrationMonitor(Callback):
         self.n_bins = n_bins
         self.num_classes = num_classes
         self.input = input
+        self.intervals = intervals
+        self.n_resamples = n_resamples
+        self.confidence_level = confidence_level
+        self.bootstrap_seed = bootstrap_seed
+        self.last_intervals: dict[str, BootstrapResult] = {}
+        self._stored: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._metrics: dict[tuple[str, int], dict[str, Metric]] = {}
         self.last_figure_paths: list[Path] = []
 
@@ -235,6 +276,10 @@ class CalibrationMonitor(Callback):
     def _start(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for key in [key for key in self._metrics if key[0] == stage]:
             del self._metrics[key]
+        if stage == "test":
+            self._stored.clear()
+            if self._active(stage, trainer) and self.intervals:
+                self.last_intervals = {}
         if self._active(stage, trainer) and self.num_classes is not None:
             for index in range(self._num_loaders(stage, trainer)):
                 self._create(stage, index, self.num_classes, pl_module.device)
@@ -273,6 +318,10 @@ class CalibrationMonitor(Callback):
                 metric.update(logits, labels)
         except ValueError as err:  # non-finite outputs, labels out of range, probabilities that do not sum to one
             raise ValueError(f"CalibrationMonitor ({stage}, dataloader {dataloader_idx}): {err}") from err
+        if stage == "test" and self.intervals:
+            outputs_list, labels_list = self._stored.setdefault(dataloader_idx, ([], []))
+            outputs_list.append(logits)
+            labels_list.append(labels)
 
     def _finish(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active(stage, trainer):
@@ -290,6 +339,43 @@ class CalibrationMonitor(Callback):
                 diagram = metrics["_diagram"].compute()  # every rank joins the sync
                 if trainer.is_global_zero:
                     self._log_figure(trainer, prefix, diagram, suffix)
+            if stage == "test" and self.intervals:
+                self._log_intervals(pl_module, prefix, index, suffix)
+
+    def _log_intervals(self, pl_module: pl.LightningModule, prefix: str, index: int, suffix: str) -> None:
+        """Bootstrap each metric over the (gathered) stored test rows of dataloader ``index`` and log its bounds."""
+        outputs_list, labels_list = self._stored.pop(index, ([], []))
+        if not outputs_list:
+            return
+        outputs = _gather_rows(pl_module, torch.cat(outputs_list))
+        labels = _gather_rows(pl_module, torch.cat(labels_list))
+        num_classes = 2 if outputs.dim() == 1 else outputs.shape[-1]
+        for name in self.metric_names:
+            metric = _build_metric(name, self.n_bins, num_classes, self.input).to(outputs.device)
+            metric.sync_on_compute = False  # every rank holds all rows already; each computes the same interval
+
+            def statistic(o: torch.Tensor, t: torch.Tensor, metric: Metric = metric) -> torch.Tensor:
+                metric.reset()
+                metric.update(o, t)
+                return metric.compute()
+
+            result = bootstrap_ci(
+                (outputs, labels),
+                statistic,
+                n_resamples=self.n_resamples,
+                confidence_level=self.confidence_level,
+                seed=self.bootstrap_seed,
+                vectorized=False,
+            )
+            key = f"{prefix}/cal/{name}{suffix}"
+            self.last_intervals[key] = result
+            for bound in ("low", "high"):
+                pl_module.log(
+                    f"{prefix}/cal/{name}_{bound}{suffix}",
+                    getattr(result, bound),
+                    sync_dist=True,
+                    add_dataloader_idx=False,
+                )
 
     def _log_figure(self, trainer: pl.Trainer, prefix: str, diagram: dict[str, torch.Tensor], suffix: str = "") -> None:
         if not trainer.loggers:

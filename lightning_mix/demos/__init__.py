@@ -6,6 +6,7 @@ from lightning_mix.demos.data_modules import (
     DiabetesDataModule,
     MNIST5kDataModule,
     RandomShiftDataset,
+    cv_half_split,
     embedded_data_path,
 )
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
@@ -24,5 +25,6 @@ __all__ = [
     "SUMixSmallCNN",
     "SmallCNN",
     "TinyViT",
+    "cv_half_split",
     "embedded_data_path",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "DiabetesDataModule",
     "MNIST5kDataModule",
     "RandomShiftDataset",
+    "cv_half_split",
     "embedded_data_path",
     "symmetric_label_noise",
 ]
@@ -52,6 +53,17 @@ def symmetric_label_noise(labels: torch.Tensor, rate: float, num_classes: int, s
     shift = torch.randint(1, num_classes, (n_flip,), generator=generator)
     noisy[flip] = (labels[flip] + shift) % num_classes
     return noisy
+
+
+def cv_half_split(n: int, seed: int, repeat: int, fold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, test rows) of fold ``fold`` (0 or 1) of repetition ``repeat`` of 2-fold CV over ``n`` rows.
+
+    The repetition's permutation is seeded by ``seed`` and ``repeat``; fold 0 trains on its first
+    ``n // 2`` rows and tests on the rest, fold 1 the reverse.
+    """
+    order = _seeded_permutation(n, 7919 + 10_000 * seed + repeat)
+    halves = (order[: n // 2], order[n // 2 :])
+    return halves[fold], halves[1 - fold]
 
 
 class RandomShiftDataset(Dataset):
@@ -113,11 +125,20 @@ class MNIST5kDataModule(_SplitDataModule):
     filled with the background value; 0 turns it off); validation and test images are never
     shifted. The draws come from torch's global generator, so ``seed_everything`` fixes them.
 
+    Cross-validation folds (``cv_repeat`` and ``cv_fold``, both ``None`` by default: the split
+    above): repetition ``cv_repeat`` (0-4 for 5x2cv) splits the 3,500 *training* images into two
+    halves of 1,750 with a permutation seeded by ``seed`` and ``cv_repeat``; fold ``cv_fold`` (0 or
+    1) trains on half ``cv_fold`` and tests (and predicts) on the other half. Validation keeps its
+    500 images and the 1,000 test images are not used, so folds never see the held-out test set.
+    Label noise and random shifts apply to the training half only. ``lightning-mix compare --cv 5x2``
+    sets these two arguments.
+
     Batches are lists ``[images (B, 1, 28, 28) float32, labels (B,) int64]``, which mixing
     callbacks can change in place.
     """
 
     num_classes = 10
+    cv_folds = 2
 
     def __init__(
         self,
@@ -128,11 +149,21 @@ class MNIST5kDataModule(_SplitDataModule):
         num_workers: int = 0,
         data_path: str | None = None,
         random_shift: int = 2,
+        cv_repeat: int | None = None,
+        cv_fold: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if random_shift < 0:
             raise ValueError(f"random_shift must be a number of pixels >= 0 (0 turns it off), got {random_shift}.")
+        if (cv_repeat is None) != (cv_fold is None):
+            raise ValueError(
+                f"cv_repeat and cv_fold go together (a fold of a repetition), got cv_repeat={cv_repeat} and "
+                f"cv_fold={cv_fold}; set both, or neither for the fixed train/val/test split."
+            )
+        if cv_repeat is not None and (cv_repeat < 0 or cv_fold not in (0, 1)):
+            raise ValueError(f"cv_repeat must be >= 0 and cv_fold 0 or 1, got {cv_repeat} and {cv_fold}.")
+        self.cv_repeat, self.cv_fold = cv_repeat, cv_fold
         self.batch_size = batch_size
         self.random_shift = random_shift
         self.label_noise = label_noise
@@ -154,6 +185,14 @@ class MNIST5kDataModule(_SplitDataModule):
         images, labels = images[order], labels[order]
         train_x, val_x, test_x = images[:3500], images[3500:4000], images[4000:5000]
         train_y, val_y, test_y = labels[:3500], labels[3500:4000], labels[4000:5000]
+        if self.cv_repeat is not None:
+            train_rows, test_rows = cv_half_split(3500, self.seed, self.cv_repeat, self.cv_fold)
+            train_x, train_y, test_x, test_y = (
+                train_x[train_rows],
+                train_y[train_rows],
+                train_x[test_rows],
+                train_y[test_rows],
+            )
         if self.label_noise > 0:
             train_y = symmetric_label_noise(train_y, self.label_noise, self.num_classes, self.seed + 1)
         if self.random_shift > 0:

@@ -6,6 +6,7 @@ classes) and no Lightning import.
 
 from lightning_mix.evaluation.bootstrap import BootstrapResult, bootstrap_ci, paired_bootstrap
 from lightning_mix.evaluation.diversity import EnsembleGain, ensemble_gain, pairwise_disagreement
+from lightning_mix.evaluation.hierarchical_bootstrap import hierarchical_bootstrap_ci, paired_hierarchical_bootstrap
 from lightning_mix.evaluation.hypothesis_tests import (
     cochrans_q,
     combined_ftest_5x2cv,
@@ -38,10 +39,12 @@ __all__ = [
     "ensemble_gain",
     "excess_aurc",
     "five_by_two_cv_scores",
+    "hierarchical_bootstrap_ci",
     "holm_correction",
     "mcnemar",
     "mcnemar_table",
     "paired_bootstrap",
+    "paired_hierarchical_bootstrap",
     "paired_ttest_5x2cv",
     "paired_ttest_5x2cv_from_scores",
     "pairwise_disagreement",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_mix.cli import compare, main
-from lightning_mix.evaluation import aurc
+from lightning_mix.evaluation import aurc, bootstrap_ci
 from lightning_mix.metrics.functional import calibration_error
 
 
@@ -70,6 +70,8 @@ def test_compare_runs_stores_resumes_and_writes_tables(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(compare.METRICS) and {r["method"] for r in rows} == {"erm", "fast"}
     assert (out / "results.md").read_text() in first
+    for name in [f"plot_{m}.png" for m in compare.METRICS] + ["reliability_diagrams.png"]:
+        assert (out / name).is_file() and f"({name})" in first  # written and linked from results.md
 
     mtime = (out / "erm" / "seed=0" / "predictions.pt").stat().st_mtime_ns
     main(argv)  # resumes: nothing is run again
@@ -90,3 +92,40 @@ def test_bad_arguments_are_named_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="plain folder name"):
         compare.parse_method("../x=a.yaml")
     assert not (tmp_path / "o").exists()
+
+
+def test_rows_interval_is_the_row_bootstrap_of_the_seed_average():
+    probs, labels = _probs(0, 1.0, seeds=3, n=200)
+    rows = compare.compare_predictions({"a": (probs, labels)}, "a", n_resamples=200, interval="rows", seed=7)
+    correct = (probs.argmax(-1) == labels).double().mean(0)  # seed-averaged correctness per row
+    direct = bootstrap_ci(correct, lambda v: v.mean(1), n_resamples=200, seed=7)
+    accuracy = next(r for r in rows if r["metric"] == "accuracy")
+    assert (accuracy["low"], accuracy["high"]) == pytest.approx((direct.low, direct.high), abs=1e-12)
+
+
+def test_seeds_and_rows_interval_reduces_to_rows_for_identical_seeds_and_widens_with_seed_spread():
+    one, labels = _probs(0, 1.0, seeds=1, n=200)
+    other, _ = _probs(1, 1.0, seeds=1, n=200)
+    copies = {"a": (one.expand(3, -1, -1), labels), "b": (other.expand(3, -1, -1), labels)}
+    two_level = compare.compare_predictions(copies, "a", n_resamples=40, seed=2)
+    rows_only = compare.compare_predictions(copies, "a", n_resamples=40, seed=2, interval="rows")
+    for r2, r1 in zip(two_level, rows_only):
+        for key in ("estimate", "low", "high", "diff", "diff_low", "diff_high", "p_value"):
+            if key in r1:
+                assert r2[key] == pytest.approx(r1[key], abs=1e-9), (r1["metric"], key)
+    # seeds that differ a lot (strength 0.5 vs 3): the two-level interval is wider than the rows-only one
+    spread = torch.cat([_probs(2, 0.5, seeds=2, n=200)[0], _probs(3, 3.0, seeds=2, n=200)[0]])
+    wide = compare.compare_predictions({"s": (spread, labels)}, "s", n_resamples=100)
+    narrow = compare.compare_predictions({"s": (spread, labels)}, "s", n_resamples=100, interval="rows")
+    acc_wide, acc_narrow = wide[0], narrow[0]
+    assert acc_wide["metric"] == "accuracy" and acc_wide["estimate"] == pytest.approx(acc_narrow["estimate"])
+    assert acc_wide["high"] - acc_wide["low"] > 2 * (acc_narrow["high"] - acc_narrow["low"])
+
+
+def test_methods_need_the_same_seeds_and_a_known_interval():
+    a, labels = _probs(0, 1.0, seeds=2, n=50)
+    b, _ = _probs(1, 1.0, seeds=3, n=50)
+    with pytest.raises(ValueError, match="pairs are by seed index"):
+        compare.compare_predictions({"a": (a, labels), "b": (b, labels)}, "a", n_resamples=10)
+    with pytest.raises(ValueError, match="interval must be one of"):
+        compare.compare_predictions({"a": (a, labels)}, "a", n_resamples=10, interval="seeds")
