@@ -19,13 +19,14 @@ __all__ = ["MixingCallbackBase", "infer_num_classes", "check_single_mixer"]
 
 def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner: Callback) -> None:
     """Raise when the Trainer mixes twice: two mixing callbacks, or a mixing callback and a module that mixes its
-    own batches (RankMixupMixin, SMMixMixin).
+    own batches (RankMixupMixin, SMMixMixin, AutoMixMixin and SAMixMixin).
 
     Two mixers would be applied in turn (a mix of mixes, targets with up to four classes), which
     no method in this library intends; presets that add a mixer to a config that already has one
     end up here too.
     """
-    from lightning_mix.mixins.rank_mixup import RankMixupMixin  # lazy: mixins imports this package
+    from lightning_mix.mixins.automix import AutoMixMixin  # lazy: mixins imports this package
+    from lightning_mix.mixins.rank_mixup import RankMixupMixin
     from lightning_mix.mixins.smmix import SMMixMixin
 
     others = [cb for cb in trainer.callbacks if isinstance(cb, MixingCallbackBase) and cb is not owner]
@@ -47,6 +48,12 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
         raise ValueError(
             f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is an SMMixMixin, which "
             "mixes the batch itself in training_step (SMMix or Mixup, from the clean batch's attention); "
+            "remove the callback."
+        )
+    if isinstance(pl_module, AutoMixMixin):
+        raise ValueError(
+            f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is an AutoMixMixin (AutoMix "
+            "or SAMix), which mixes the clean batch itself in training_step with its Mix Block's masks; "
             "remove the callback."
         )
 
@@ -80,7 +87,7 @@ class MixingCallbackBase(SeededStreamState, Callback):
     * ``regression``: False (classification) refuses float targets of shape (B,), which are
       class labels stored as floats far more often than anything else; True mixes float targets
       of any shape as values (regression, C-Mixup);
-    * at ``setup("fit")``, a second mixing callback or a RankMixupMixin / SMMixMixin module is an error.
+    * at ``setup("fit")``, a second mixing callback or a RankMixupMixin / SMMixMixin / AutoMixMixin module is an error.
 
     Subclasses implement ``on_train_batch_start`` with :meth:`read_batch` and
     :meth:`generator`, and call :meth:`advance` once per batch.

@@ -33,7 +33,7 @@ class AutoMixSmallCNN(AutoMixMixin, SmallCNN):
     channel count of ``feature_layer`` when it is one of SmallCNN's blocks (``block2``: ``2 * width``).
     The Mix Block reads ``forward`` and batches ``(inputs, labels)``. Evaluation, logging and
     ``predict_step`` (class probabilities) are SmallCNN's. Use it with no mixing callback: AutoMix
-    mixes its own batches.
+    mixes its own batches (a mixing callback refuses the module at setup).
     """
 
     def __init__(

@@ -119,3 +119,14 @@ def test_compare_runs_the_example_configs_and_stores_probabilities(tmp_path):
         stored = torch.load(out / method / "seed=0" / "predictions.pt", weights_only=True)
         assert stored["probs"].shape[1] == 10
         torch.testing.assert_close(stored["probs"].sum(-1), torch.ones(len(stored["labels"])))
+
+
+@pytest.mark.parametrize("config", ["automix", "samix"])
+def test_example_config_with_a_mixing_preset_is_refused_before_training(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    configs = ["--config", str(ROOT / "examples" / f"mnist5k_{config}.yaml")]
+    configs += ["--config", str(ROOT / "callbacks" / "cutmix.yaml"), "--model.init_args.width=4"]
+    with pytest.raises(
+        ValueError, match=r"MixingCallback mixes the batch, but .* is an AutoMixMixin .*remove the callback"
+    ):
+        run_cli(["fit", *configs, *TINY])
