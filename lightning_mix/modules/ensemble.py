@@ -43,7 +43,8 @@ class Ensemble(pl.LightningModule):
     stores the members' validation log-probabilities (M x N_val x C floats) and fits at the end of
     the epoch; under DDP they are gathered from all ranks, each sample once (the samples Lightning's
     DistributedSampler repeats to even out the ranks are dropped), so every rank fits one process's
-    values. ``trainer.test`` and ``trainer.predict`` then use them (under DDP, each rank predicts
+    values; ranks with different numbers of validation samples (no distributed sampler) raise a
+    ``ValueError``. ``trainer.test`` and ``trainer.predict`` then use them (under DDP, each rank predicts
     its own share of the samples, as Lightning's predict loop does). ``val/*`` metrics are logged
     with the values fitted on that same data, so they are optimistic; use the test split to judge.
 
@@ -158,6 +159,13 @@ class Ensemble(pl.LightningModule):
         index list, padded at the end with repeats so that every rank has as many; interleaving the
         ranks restores that list, and cutting it at the data set's size drops the repeats.
         """
+        counts = self.all_gather(torch.tensor(targets.numel(), device=targets.device)).tolist()
+        if len(set(counts)) > 1:
+            raise ValueError(
+                f"Ensemble fits on the validation samples of all ranks and needs as many on each; got {counts}. "
+                "Keep Lightning's distributed sampler (Trainer(use_distributed_sampler=True), the default), "
+                "or give every rank a shard of the same size."
+            )
         world = self.trainer.world_size
         log_probs = self.all_gather(log_probs).permute(1, 2, 0, 3).flatten(1, 2)  # (world, M, n, C) -> (M, n*world, C)
         targets = self.all_gather(targets).transpose(0, 1).flatten()  # (world, n) -> (n*world,)

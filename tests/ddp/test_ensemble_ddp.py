@@ -38,3 +38,9 @@ def test_validate_test_and_predict_under_ddp_equal_one_process(tmp_path):
     gathered = torch.empty_like(probs)
     gathered[indices] = torch.cat([rank["probs"] for rank in ranks])
     torch.testing.assert_close(gathered, probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_validation_shards_of_different_sizes_are_refused(tmp_path):
+    with pytest.raises(AssertionError, match=r"needs as many on each; got \[100, 101\].*use_distributed_sampler"):
+        run_ddp_script("ensemble_ddp.py", tmp_path, "uneven", timeout=120)

@@ -4,6 +4,8 @@ The validation set has an odd size, so Lightning's DistributedSampler repeats on
 both ranks the same count; the test set has an even size (its logged metrics are means over the
 samples each rank saw). Saves rank{r}.pt with the fitted weights and temperature, the test metrics
 and this rank's predictions with their dataset indices, so the test can compare with one process.
+With the argument ``uneven``, ranks validate on shards of different sizes (no distributed sampler),
+which the fit refuses.
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ class KeepPredictions(pl.Callback):
         self.indices.append(batch[2].cpu())
 
 
+def uneven_shards(out_dir: str) -> None:
+    """Without Lightning's sampler, rank r validates on its own shard of 100 + r samples: refused."""
+    problem = make_problem()
+    ensemble = Ensemble(members=problem["members"], weighting="nll")
+    trainer = ddp_trainer(use_distributed_sampler=False)
+    size = 100 + trainer.global_rank
+    trainer.validate(ensemble, dataloaders=loader(problem["x_val"][:size], problem["y_val"][:size]), verbose=False)
+
+
 def main(out_dir: str) -> None:
     problem = make_problem()
     ensemble = Ensemble(members=problem["members"], weighting="nll", temperature_scaling=True)
@@ -94,4 +105,7 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["uneven"]:
+        uneven_shards(sys.argv[1])
+    else:
+        main(sys.argv[1])
