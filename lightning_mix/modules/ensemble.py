@@ -169,7 +169,10 @@ class Ensemble(pl.LightningModule):
         world = self.trainer.world_size
         log_probs = self.all_gather(log_probs).permute(1, 2, 0, 3).flatten(1, 2)  # (world, M, n, C) -> (M, n*world, C)
         targets = self.all_gather(targets).transpose(0, 1).flatten()  # (world, n) -> (n*world,)
-        sampler = getattr(self.trainer.val_dataloaders, "sampler", None)
+        loader = self.trainer.val_dataloaders
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler):  # a batch sampler holds it
+            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
         if isinstance(sampler, DistributedSampler) and sampler.num_replicas == world:
             size = len(sampler.dataset)
             log_probs, targets = log_probs[:, :size], targets[:size]

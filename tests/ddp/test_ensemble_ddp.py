@@ -30,6 +30,8 @@ def test_validate_test_and_predict_under_ddp_equal_one_process(tmp_path):
         # fitted on the 201 validation samples exactly once each (not on the sample DistributedSampler repeats)
         torch.testing.assert_close(rank["weights"], ensemble.weights, rtol=1e-6, atol=1e-8)
         torch.testing.assert_close(rank["temperature"], ensemble.temperature, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(rank["batch_sampler_weights"], ensemble.weights, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(rank["batch_sampler_temperature"], ensemble.temperature, rtol=1e-6, atol=1e-8)
         for key, value in test.items():
             assert rank["test"][key] == pytest.approx(value, rel=1e-5), key
     # predict: each rank predicts its share of the samples (no repeats); together they are one process's

@@ -3,7 +3,8 @@
 The validation set has an odd size, so Lightning's DistributedSampler repeats one sample to give
 both ranks the same count; the test set has an even size (its logged metrics are means over the
 samples each rank saw). Saves rank{r}.pt with the fitted weights and temperature, the test metrics
-and this rank's predictions with their dataset indices, so the test can compare with one process.
+and this rank's predictions with their dataset indices, and the weights and temperature fitted again
+through a custom batch sampler, so the test can compare with one process.
 With the argument ``uneven``, ranks validate on shards of different sizes (no distributed sampler),
 which the fit refuses.
 """
@@ -16,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from ddp_run import ddp_trainer, save_and_close
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 from lightning_mix.modules import Ensemble
 
@@ -61,6 +62,16 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 32) -> DataLoader
     return DataLoader(TensorDataset(x, y, torch.arange(len(x))), batch_size=batch_size)
 
 
+class EvenBatches(BatchSampler):
+    """A batch sampler of the user's own class: Lightning puts its DistributedSampler inside it."""
+
+
+def batch_sampler_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 32) -> DataLoader:
+    """``loader``'s batches, drawn by a custom batch sampler."""
+    dataset = TensorDataset(x, y, torch.arange(len(x)))
+    return DataLoader(dataset, batch_sampler=EvenBatches(SequentialSampler(dataset), batch_size, drop_last=False))
+
+
 class KeepPredictions(pl.Callback):
     """Keeps this rank's predictions with the dataset indices of their samples."""
 
@@ -90,8 +101,12 @@ def main(out_dir: str) -> None:
     val = trainer.validate(ensemble, dataloaders=loader(problem["x_val"], problem["y_val"]), verbose=False)[0]
     test = trainer.test(ensemble, dataloaders=loader(problem["x_test"], problem["y_test"]), verbose=False)[0]
     trainer.predict(ensemble, dataloaders=loader(problem["x_val"], problem["y_val"]), return_predictions=False)
+    refit = Ensemble(members=problem["members"], weighting="nll", temperature_scaling=True)
+    trainer.validate(refit, dataloaders=batch_sampler_loader(problem["x_val"], problem["y_val"]), verbose=False)
     save_and_close(
         {
+            "batch_sampler_weights": refit.weights.clone(),
+            "batch_sampler_temperature": refit.temperature.clone(),
             "weights": ensemble.weights.clone(),
             "temperature": ensemble.temperature.clone(),
             "val": val,
