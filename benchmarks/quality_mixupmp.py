@@ -4,13 +4,13 @@ The members are ``lightning-mix compare`` runs of ``examples/mnist5k.yaml`` (Sma
 cosine schedule; ERM members: the deep ensemble) and of ``examples/mnist5k.yaml`` +
 ``examples/mixupmp_member.yaml`` (``RegMixup(alpha=1, mode="elem")``: MixupMP members), one per
 seed. Each ensemble is the average of its members' stored test probabilities (what
-:class:`lightning_mix.modules.Ensemble` predicts with uniform weights). The table compares the two
-ensembles, and the single members (means over seeds), with
-:func:`lightning_mix.cli.compare.compare_predictions`: percentile bootstrap intervals over the
-1000 test images and paired bootstrap differences to the deep ensemble (Holm-adjusted p-values).
+:class:`lightning_mix.modules.Ensemble` predicts with uniform weights). Two tables, each from
+:func:`lightning_mix.cli.compare.compare_predictions` (percentile bootstrap intervals over the
+1000 test images, paired bootstrap differences to the first row, Holm-adjusted p-values): the two
+ensembles, and the single members (means over seeds).
 
 Usage: ``python benchmarks/quality_mixupmp.py [--seeds 0 1 2] [--epochs 15] [--output compare-mixupmp]``.
-Runs that ``--output`` already holds are not trained again. Prints a Markdown table.
+Runs that ``--output`` already holds are not trained again. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -69,18 +69,18 @@ def main() -> None:
 
     members = {name: _stored(args.output, name, args.seeds) for name in METHODS}
     k = len(args.seeds)
-    predictions = {
+    ensembles = {
         f"deep ensemble ({k} ERM members)": (
             members["deep_ensemble"][0].mean(0, keepdim=True),
             members["deep_ensemble"][1],
         ),
         f"MixupMP ({k} members)": (members["mixupmp"][0].mean(0, keepdim=True), members["mixupmp"][1]),
-        "ERM member (mean over seeds)": members["deep_ensemble"],
-        "MixupMP member (mean over seeds)": members["mixupmp"],
     }
-    baseline = next(iter(predictions))
-    rows = compare_predictions(predictions, baseline=baseline, n_resamples=args.n_resamples)
-    print(_table(rows, baseline))
+    singles = {"ERM member": members["deep_ensemble"], "MixupMP member": members["mixupmp"]}
+    for title, predictions in (("Ensembles", ensembles), ("Single members (mean over seeds)", singles)):
+        baseline = next(iter(predictions))
+        rows = compare_predictions(predictions, baseline=baseline, n_resamples=args.n_resamples)
+        print(f"### {title}\n\n{_table(rows, baseline)}\n")
 
 
 if __name__ == "__main__":
