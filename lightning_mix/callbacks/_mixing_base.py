@@ -38,7 +38,9 @@ def check_single_mixer(trainer: pl.Trainer, pl_module: pl.LightningModule, owner
         )
     how = getattr(pl_module, "mixes_own_batches", None)
     if how:
-        mixin = next(cls.__name__ for cls in type(pl_module).__mro__ if "mixes_own_batches" in vars(cls))
+        mixins = [c for c in type(pl_module).__mro__ if getattr(c, "mixes_own_batches", None)]
+        # the most derived mixin (SAMixMixin rather than AutoMixMixin), else the user's module that sets it
+        mixin = next((c for c in mixins if not issubclass(c, pl.LightningModule)), mixins[0]).__name__
         article = "an" if mixin[0] in "AEIOU" else "a"
         raise ValueError(
             f"{type(owner).__name__} mixes the batch, but {type(pl_module).__name__} is {article} {mixin}, which "

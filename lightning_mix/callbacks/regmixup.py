@@ -36,7 +36,9 @@ class RegMixup(MixingCallbackBase):
 
     ``alpha`` is large on purpose: RegMixup wants mixes far from both sources (lam near 0.5),
     because the clean term already covers the data. The authors use 20 on CIFAR-10 and 10 on
-    CIFAR-100; keep ``alpha`` in 10 to 20. Each step costs about twice an ERM step.
+    CIFAR-100; keep ``alpha`` in 10 to 20. Each step costs about twice an ERM step. With
+    ``alpha=1.0, mode="elem"`` the same loss is the one a MixupMP ensemble member is trained with
+    (Wu and Williamson 2024; the recipe is in the evaluation guide, next to ``Ensemble``).
 
     The batch must be a list or a dict; validation, test and predict batches are never touched.
     Randomness follows ``MixingCallback`` (seed, global rank and a batch counter, saved in the checkpoint).

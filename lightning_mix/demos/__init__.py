@@ -2,6 +2,7 @@
 
 from lightning_mix.demos.adamixup_cnn import AdaMixUpSmallCNN
 from lightning_mix.demos.adautomix_cnn import AdAutoMixSmallCNN
+from lightning_mix.demos.automix_cnn import AutoMixSmallCNN, SAMixSmallCNN
 from lightning_mix.demos.data_modules import (
     DiabetesDataModule,
     MNIST5kDataModule,
@@ -17,10 +18,12 @@ from lightning_mix.demos.vit import TinyViT
 __all__ = [
     "AdAutoMixSmallCNN",
     "AdaMixUpSmallCNN",
+    "AutoMixSmallCNN",
     "DiabetesDataModule",
     "MLPRegressor",
     "MNIST5kDataModule",
     "RandomShiftDataset",
+    "SAMixSmallCNN",
     "SMMixTinyViT",
     "SUMixSmallCNN",
     "SmallCNN",

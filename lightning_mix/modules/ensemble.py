@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from lightning_mix.evaluation.ensembling import combine_log_probs, fit_ensemble_weights
 from lightning_mix.metrics.temperature import fit_temperature
@@ -40,9 +41,12 @@ class Ensemble(pl.LightningModule):
     ``temperature_scaling=True`` then fits one temperature on the log of the averaged
     probabilities (Guo et al. 2017). Both are fitted by ``trainer.validate(ensemble, ...)``, which
     stores the members' validation log-probabilities (M x N_val x C floats) and fits at the end of
-    the epoch (gathered over DDP ranks, so every rank fits the same values); ``trainer.test`` and
-    ``trainer.predict`` then use them. ``val/*`` metrics are logged with the values fitted on that
-    same data, so they are optimistic; use the test split to judge.
+    the epoch; under DDP they are gathered from all ranks, each sample once (the samples Lightning's
+    DistributedSampler repeats to even out the ranks are dropped), so every rank fits one process's
+    values; ranks with different numbers of validation samples (no distributed sampler) raise a
+    ``ValueError``. ``trainer.test`` and ``trainer.predict`` then use them (under DDP, each rank predicts
+    its own share of the samples, as Lightning's predict loop does). ``val/*`` metrics are logged
+    with the values fitted on that same data, so they are optimistic; use the test split to judge.
 
     The fitted ``weights`` and ``temperature`` are buffers, so they travel in the ensemble's own
     checkpoint (which holds all members' weights too). An ensemble built from ``checkpoints``
@@ -142,10 +146,37 @@ class Ensemble(pl.LightningModule):
         log_probs = torch.cat(self._val_log_probs, dim=1)
         targets = torch.cat(self._val_targets)
         if self.trainer is not None and self.trainer.world_size > 1:
-            log_probs = self.all_gather(log_probs).transpose(0, 1).flatten(1, 2)  # (world, M, N, C) -> (M, world*N, C)
-            targets = self.all_gather(targets).flatten()
+            log_probs, targets = self._gather_validation_set(log_probs, targets)
         self.fit_combination(log_probs, targets)
         self._val_log_probs, self._val_targets = [], []
+
+    def _gather_validation_set(
+        self, log_probs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ranks' ``(M, n, C)`` log-probabilities and ``(n,)`` labels as one validation set, each sample once.
+
+        Lightning's DistributedSampler gives rank r the samples at positions r, r + world, ... of its
+        index list, padded at the end with repeats so that every rank has as many; interleaving the
+        ranks restores that list, and cutting it at the data set's size drops the repeats.
+        """
+        counts = self.all_gather(torch.tensor(targets.numel(), device=targets.device)).tolist()
+        if len(set(counts)) > 1:
+            raise ValueError(
+                f"Ensemble fits on the validation samples of all ranks and needs as many on each; got {counts}. "
+                "Keep Lightning's distributed sampler (Trainer(use_distributed_sampler=True), the default), "
+                "or give every rank a shard of the same size."
+            )
+        world = self.trainer.world_size
+        log_probs = self.all_gather(log_probs).permute(1, 2, 0, 3).flatten(1, 2)  # (world, M, n, C) -> (M, n*world, C)
+        targets = self.all_gather(targets).transpose(0, 1).flatten()  # (world, n) -> (n*world,)
+        loader = self.trainer.val_dataloaders
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler):  # a batch sampler holds it
+            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        if isinstance(sampler, DistributedSampler) and sampler.num_replicas == world:
+            size = len(sampler.dataset)
+            log_probs, targets = log_probs[:, :size], targets[:size]
+        return log_probs, targets
 
     def fit_combination(self, member_log_probs: torch.Tensor, targets: torch.Tensor) -> None:
         """Fit the weights (``weighting="nll"``) and then the temperature (``temperature_scaling``) on

@@ -52,7 +52,7 @@ def documented_combinations() -> list[tuple[str, ...]]:
     """Every ``lightning-mix fit --config A --config B ...`` written in the presets, the examples and
     the mixing guide pages (the combinations users are told to run)."""
     sources = [*PRESETS, *sorted((ROOT / "examples").glob("*.yaml"))]
-    guides = (ROOT / "docs" / "guide" / "mixing.md", ROOT / "docs" / "guide" / "model_mixing.md")
+    guides = [ROOT / "docs" / "guide" / name for name in ("mixing.md", "model_mixing.md", "learned_mixing.md")]
     sources += [p for p in guides if p.exists()]
     found = set()
     for path in sources:

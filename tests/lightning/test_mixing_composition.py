@@ -69,6 +69,8 @@ def test_a_mixing_callback_with_a_rank_mixup_module_is_an_error_at_setup():
         ("AdAutoMixSmallCNN", "AdAutoMixMixin"),
         ("AdaMixUpSmallCNN", "AdaMixUpMixin"),
         ("SUMixSmallCNN", "SUMixMixin"),
+        ("AutoMixSmallCNN", "AutoMixMixin"),
+        ("SAMixSmallCNN", "SAMixMixin"),
     ],
 )
 def test_every_mixin_that_mixes_its_own_batches_refuses_a_mixing_callback(demo, mixin):
@@ -79,6 +81,16 @@ def test_every_mixin_that_mixes_its_own_batches_refuses_a_mixing_callback(demo, 
     with pytest.raises(ValueError, match=rf"is an? {mixin}, which .*remove the callback"):
         trainer([MixingCallback(Mixup(), num_classes=10)]).fit(model, DataLoader(data, batch_size=4))
     assert model.global_step == 0
+
+
+def test_a_users_module_that_declares_mixes_own_batches_is_refused_by_name():
+    class SelfMixing(RecordingClassifier):
+        mixes_own_batches = "mixes pairs of its batch in training_step"
+
+    model = SelfMixing()
+    with pytest.raises(ValueError, match=r"is a SelfMixing, which mixes pairs of its batch in training_step; remove"):
+        trainer([MixingCallback(Mixup(), num_classes=NUM_CLASSES)]).fit(model, loader(make_data()))
+    assert model.train_seen == []
 
 
 def _clean_one_hot(model, epoch_batches: slice):
