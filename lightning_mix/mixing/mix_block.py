@@ -32,6 +32,27 @@ UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 LAM_EMBEDDINGS = ("none", "concat")
 
 
+def _set_block_options(
+    block: nn.Module, in_channels: int, reduction: int, upsample_mode: str, lam_embedding: str
+) -> int:
+    """Check a mask network's shared options, store them on ``block`` and return its input width
+    (the feature channels, plus one when lam is appended as a channel).
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be positive, got {in_channels}.")
+    if reduction < 1:
+        raise ValueError(f"reduction must be at least 1, got {reduction}.")
+    if upsample_mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}.")
+    if lam_embedding not in LAM_EMBEDDINGS:
+        raise ValueError(f"lam_embedding must be one of {LAM_EMBEDDINGS}, got {lam_embedding!r}.")
+    block.in_channels = int(in_channels)
+    block.inter_channels = max(in_channels // reduction, 1)
+    block.upsample_mode = upsample_mode
+    block.lam_embedding = lam_embedding
+    return in_channels + (1 if lam_embedding == "concat" else 0)
+
+
 class PixelMixBlock(nn.Module):
     """Cross-attention between a sample's and its partner's feature maps, giving the partner's pixel share.
 
@@ -62,19 +83,7 @@ class PixelMixBlock(nn.Module):
         self, in_channels: int, reduction: int = 2, upsample_mode: str = "nearest", lam_embedding: str = "none"
     ) -> None:
         super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}.")
-        if reduction < 1:
-            raise ValueError(f"reduction must be at least 1, got {reduction}.")
-        if upsample_mode not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}.")
-        if lam_embedding not in LAM_EMBEDDINGS:
-            raise ValueError(f"lam_embedding must be one of {LAM_EMBEDDINGS}, got {lam_embedding!r}.")
-        self.in_channels = int(in_channels)
-        self.inter_channels = max(in_channels // reduction, 1)
-        self.upsample_mode = upsample_mode
-        self.lam_embedding = lam_embedding
-        width = in_channels + (1 if lam_embedding == "concat" else 0)
+        width = _set_block_options(self, in_channels, reduction, upsample_mode, lam_embedding)
         self.query = nn.Conv2d(width, self.inter_channels, kernel_size=1)
         self.value = nn.Conv2d(width, 1, kernel_size=1)
         for conv in (self.query, self.value):
@@ -293,19 +302,7 @@ class AdaptiveMaskGenerator(nn.Module):
         self, in_channels: int, reduction: int = 2, upsample_mode: str = "bilinear", lam_embedding: str = "none"
     ) -> None:
         super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}.")
-        if reduction < 1:
-            raise ValueError(f"reduction must be at least 1, got {reduction}.")
-        if upsample_mode not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}.")
-        if lam_embedding not in LAM_EMBEDDINGS:
-            raise ValueError(f"lam_embedding must be one of {LAM_EMBEDDINGS}, got {lam_embedding!r}.")
-        self.in_channels = int(in_channels)
-        self.inter_channels = max(in_channels // reduction, 1)
-        self.upsample_mode = upsample_mode
-        self.lam_embedding = lam_embedding
-        width = in_channels + (1 if lam_embedding == "concat" else 0)
+        width = _set_block_options(self, in_channels, reduction, upsample_mode, lam_embedding)
         self.query = nn.Conv2d(width, self.inter_channels, kernel_size=1)
         self.key = nn.Conv2d(width, self.inter_channels, kernel_size=1)
         self.value = nn.Conv2d(width, 1, kernel_size=1)
