@@ -13,7 +13,7 @@ import torch
 
 from lightning_mix.callbacks._rng import CounterStream
 
-__all__ = ["lazy_stream", "load_stream", "restore_stream", "save_stream"]
+__all__ = ["StreamCheckpointMixin", "lazy_stream", "load_stream", "restore_stream", "save_stream"]
 
 
 def lazy_stream(module: Any, name: str, seed: int | None) -> CounterStream:
@@ -50,3 +50,22 @@ def load_stream(module: Any, name: str, checkpoint: dict[str, Any], key: str) ->
     state = checkpoint.get(key)
     if state:
         restore_stream(module, name, state["seed"], state["counter"])
+
+
+class StreamCheckpointMixin:
+    """Saves and restores a mixin's draw stream (named by the class attribute ``stream_name``) with the
+    checkpoint, under ``checkpoint[stream_name]``, and calls the next class's hooks first."""
+
+    stream_name: str
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        parent = getattr(super(), "on_save_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
+        save_stream(self, self.stream_name, checkpoint, self.stream_name)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
+        load_stream(self, self.stream_name, checkpoint, self.stream_name)

@@ -18,11 +18,10 @@ from torch import nn
 from lightning_mix.callbacks._batch_access import BatchKey
 from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import soft_cross_entropy
-from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
+from lightning_mix.mixins._mixin_state import StreamCheckpointMixin, lazy_stream
 
 __all__ = ["AdaMixUpMixin", "adamixup_intrusion_loss", "adamixup_lam"]
 
-_CHECKPOINT_KEY = "adamixup"
 _HEADS = ("adamixup_policy_head", "adamixup_discriminator", "adamixup_policy_trunk")
 
 
@@ -54,7 +53,7 @@ def _normal_init_(module: nn.Module, std: float) -> None:
             nn.init.zeros_(layer.bias)
 
 
-class AdaMixUpMixin:
+class AdaMixUpMixin(StreamCheckpointMixin):
     """Adds AdaMixUp's training step to a LightningModule; you supply the network and the optimiser.
 
     **The contract** (what the mixin needs from your module):
@@ -139,6 +138,7 @@ class AdaMixUpMixin:
     (``torch.nn.init.trunc_normal_``), where TensorFlow redraws: the same distribution.
     """
 
+    stream_name = "adamixup"  # the draw stream, saved under checkpoint["adamixup"]
     #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
     mixes_own_batches = "mixes the clean batch itself in training_step (with its learned mixing policy)"
 
@@ -361,17 +361,3 @@ class AdaMixUpMixin:
         self.log("train/lam", out["lam"].mean(), on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return out["loss"]
-
-    # -- checkpoint ----------------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_save_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        save_stream(self, "adamixup", checkpoint, _CHECKPOINT_KEY)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_load_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        load_stream(self, "adamixup", checkpoint, _CHECKPOINT_KEY)

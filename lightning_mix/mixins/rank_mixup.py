@@ -10,15 +10,14 @@ from lightning_mix.callbacks._batch_access import BatchKey
 from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import mixup_ndcg_loss, mixup_ranking_loss, soft_cross_entropy
 from lightning_mix.mixing import Mixup
-from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
+from lightning_mix.mixins._mixin_state import StreamCheckpointMixin, lazy_stream
 
 __all__ = ["RankMixupMixin"]
 
 LOSSES = ("mrl", "mndcg")
-_CHECKPOINT_KEY = "rank_mixup"
 
 
-class RankMixupMixin:
+class RankMixupMixin(StreamCheckpointMixin):
     """Adds RankMixup's training step to a LightningModule; you supply ``forward`` and the optimiser.
 
     RankMixup calibrates a classifier by asking mixed samples to be *ranked* below the clean ones
@@ -65,6 +64,7 @@ class RankMixupMixin:
     if you override them).
     """
 
+    stream_name = "rank_mixup"  # the draw stream, saved under checkpoint["rank_mixup"]
     #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
     mixes_own_batches = "mixes its own copies of the clean batch in training_step (RankMixup needs the clean batch)"
 
@@ -187,17 +187,3 @@ class RankMixupMixin:
         self.log("train/rank_loss", out["rank_loss"], on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return out["loss"]
-
-    # -- checkpoint ------------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_save_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        save_stream(self, "rank_mixup", checkpoint, _CHECKPOINT_KEY)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_load_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        load_stream(self, "rank_mixup", checkpoint, _CHECKPOINT_KEY)

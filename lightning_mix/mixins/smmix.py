@@ -15,14 +15,12 @@ from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import dense_targets, sample_beta
 from lightning_mix.mixing.attention import AttentionCapture, resolve_attention_modules
 from lightning_mix.mixing.smmix import image_token_attention, smmix_images
-from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
+from lightning_mix.mixins._mixin_state import StreamCheckpointMixin, lazy_stream
 
 __all__ = ["SMMixMixin"]
 
-_CHECKPOINT_KEY = "smmix"
 
-
-class SMMixMixin:
+class SMMixMixin(StreamCheckpointMixin):
     """Adds SMMix's training step (self-motivated max-min attention mixing) to a ViT LightningModule.
 
     Each training step, as in the authors' ``smmix.py``/``engine.py`` (ChenMnZ/SMMix), the partner of
@@ -64,6 +62,7 @@ class SMMixMixin:
     (or ``torch.initial_seed()``), the global rank and a step counter, saved in the checkpoint.
     """
 
+    stream_name = "smmix"  # the draw stream, saved under checkpoint["smmix"]
     #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
     mixes_own_batches = "mixes the batch itself in training_step (SMMix or Mixup, from the clean batch's attention)"
 
@@ -268,17 +267,3 @@ class SMMixMixin:
                     "parameters in its Mixup steps (and would hang); use "
                     "strategy='ddp_find_unused_parameters_true' (the authors' find_unused_parameters=True)."
                 )
-
-    # -- checkpoint ------------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_save_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        save_stream(self, "smmix", checkpoint, _CHECKPOINT_KEY)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_load_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        load_stream(self, "smmix", checkpoint, _CHECKPOINT_KEY)

@@ -12,11 +12,10 @@ from lightning_mix.callbacks._rng import CounterStream
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import BatchMixer, CutMix, MixedBatch, RandomChoice, dense_targets
 from lightning_mix.mixing.sumix import corrected_lam, semantic_distances, sumix_batch, uncertainty_loss
-from lightning_mix.mixins._mixin_state import lazy_stream, load_stream, save_stream
+from lightning_mix.mixins._mixin_state import StreamCheckpointMixin, lazy_stream
 
 __all__ = ["SUMixMixin"]
 
-_CHECKPOINT_KEY = "sumix"
 _HEAD_NAME = "sumix_uncertainty_head"
 
 
@@ -27,7 +26,7 @@ def _default_sumix_mixer() -> CutMix:
     return CutMix(alpha=0.2, mode="batch", pairing="random")
 
 
-class SUMixMixin:
+class SUMixMixin(StreamCheckpointMixin):
     """Adds SUMix's training step to a LightningModule: a cut-based mix whose ratio is corrected from
     the predictions, plus an uncertainty regulariser on a small extra head.
 
@@ -84,6 +83,7 @@ class SUMixMixin:
       set 0.5 (CIFAR-100, CUB-200, Aircraft) and 1.0 (Tiny-ImageNet).
     """
 
+    stream_name = "sumix"  # the draw stream, saved under checkpoint["sumix"]
     #: Tells the mixing callbacks that this module mixes its own batches (they refuse it at setup).
     mixes_own_batches = (
         "mixes the clean batch itself in training_step (it needs the clean forward); give the mixer to "
@@ -221,17 +221,3 @@ class SUMixMixin:
         self.log("train/lam_shift", shift, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return out["loss"]
-
-    # -- checkpoint ------------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_save_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        save_stream(self, "sumix", checkpoint, _CHECKPOINT_KEY)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        parent = getattr(super(), "on_load_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
-        load_stream(self, "sumix", checkpoint, _CHECKPOINT_KEY)
