@@ -325,7 +325,16 @@ _INTERVAL_TEXT = {
 }
 
 
-def _markdown(rows: list[dict[str, object]], baseline: str, confidence_level: float, interval: str) -> str:
+def _format_p(p: float, n_resamples: int, tests: int = 1) -> str:
+    """A bootstrap p-value as text. 0 (no resample crossed zero) is shown as the bound it stands for:
+    ``<2/n`` for one test, ``<tests * 2/n`` for a Holm-adjusted value over ``tests`` comparisons.
+    """
+    return f"<{min(1.0, 2 * tests / n_resamples):.2g}" if p == 0 else f"{p:.3g}"
+
+
+def _markdown(
+    rows: list[dict[str, object]], baseline: str, confidence_level: float, interval: str, n_resamples: int = 1000
+) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["metric"]): r for r in rows}
     level = f"{100 * confidence_level:g}%"
@@ -351,7 +360,8 @@ def _markdown(rows: list[dict[str, object]], baseline: str, confidence_level: fl
         for m in others:
             values = [
                 f"{cell[m, k]['diff']:+.4f} [{cell[m, k]['diff_low']:+.4f}, {cell[m, k]['diff_high']:+.4f}] "
-                f"p={cell[m, k]['p_value']:.3g} ({cell[m, k]['p_holm']:.3g})"
+                f"p={_format_p(cell[m, k]['p_value'], n_resamples)} "
+                f"({_format_p(cell[m, k]['p_holm'], n_resamples, len(others))})"
                 for k in METRICS
             ]
             lines.append(f"| {m} | " + " | ".join(values) + " |")
@@ -490,7 +500,7 @@ def _report_seeds(runs: list[_Run], methods, baseline: str, output: Path, args) 
         for name, (probs, labels) in predictions.items()
     }
     label = f"{100 * args.confidence_level:g}% {_INTERVAL_TEXT[args.interval]}"
-    markdown = _markdown(rows, baseline, args.confidence_level, args.interval)
+    markdown = _markdown(rows, baseline, args.confidence_level, args.interval, args.n_resamples)
     _write_report(output, markdown, _csv_text(rows), rows, pooled, label, args.plots)
     return rows
 

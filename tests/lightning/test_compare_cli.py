@@ -129,3 +129,30 @@ def test_methods_need_the_same_seeds_and_a_known_interval():
         compare.compare_predictions({"a": (a, labels), "b": (b, labels)}, "a", n_resamples=10)
     with pytest.raises(ValueError, match="interval must be one of"):
         compare.compare_predictions({"a": (a, labels)}, "a", n_resamples=10, interval="seeds")
+
+
+def test_a_bootstrap_p_value_of_zero_is_shown_as_its_bound():
+    assert compare._format_p(0.0, 1000) == "<0.002"  # no resample of 1,000 crossed zero: p < 2/1000
+    assert compare._format_p(0.0, 1000, tests=6) == "<0.012"  # Holm over 6 comparisons multiplies the bound
+    assert compare._format_p(0.0, 10, tests=6) == "<1"
+    assert compare._format_p(0.0314, 1000) == "0.0314"
+    rows = [
+        {"method": "a", "metric": m, "estimate": 0.5, "low": 0.4, "high": 0.6, "seeds": 2} for m in compare.METRICS
+    ] + [
+        {
+            "method": "b",
+            "metric": m,
+            "estimate": 0.9,
+            "low": 0.8,
+            "high": 1.0,
+            "seeds": 2,
+            "diff": 0.4,
+            "diff_low": 0.3,
+            "diff_high": 0.5,
+            "p_value": 0.0,
+            "p_holm": 0.0,
+        }
+        for m in compare.METRICS
+    ]
+    table = compare._markdown(rows, "a", 0.95, "seeds-and-rows", n_resamples=1000)
+    assert "p=<0.002 (<0.002)" in table and "p=0 " not in table
