@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from lightning_mix.demos.models import SmallCNN, _conv_block
+from lightning_mix.demos.models import SmallCNN, _conv_trunk
 from lightning_mix.mixins.adamixup import AdaMixUpMixin
 
 __all__ = ["AdaMixUpSmallCNN"]
@@ -45,9 +44,7 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
             cosine_schedule=cosine_schedule,
         )
         policy_trunk = nn.Sequential(
-            _conv_block(in_channels, width, pool=True),
-            _conv_block(width, 2 * width, pool=True),
-            _conv_block(2 * width, 4 * width, pool=False),
+            *_conv_trunk(in_channels, width),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(1),
         )
@@ -59,13 +56,5 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
             intrusion_weight=intrusion_weight,
             seed=seed,
         )
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features of ``block3``, (B, 4 * width)."""
-        return torch.flatten(self.pool(self.block3(self.block2(self.block1(x)))), 1)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Class logits from ``forward_features``' output."""
-        return self.head(features)
 
     training_step = AdaMixUpMixin.training_step

@@ -21,6 +21,15 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def _conv_trunk(in_channels: int, width: int) -> list[nn.Sequential]:
+    """SmallCNN's three conv blocks (widths ``width``, ``2 * width``, ``4 * width``; the first two pool)."""
+    return [
+        _conv_block(in_channels, width, pool=True),
+        _conv_block(width, 2 * width, pool=True),
+        _conv_block(2 * width, 4 * width, pool=False),
+    ]
+
+
 class SmallCNN(pl.LightningModule):
     """Three conv-BN-ReLU blocks, global average pooling and a linear head.
 
@@ -44,15 +53,20 @@ class SmallCNN(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.block1 = _conv_block(in_channels, width, pool=True)
-        self.block2 = _conv_block(width, 2 * width, pool=True)
-        self.block3 = _conv_block(2 * width, 4 * width, pool=False)
+        self.block1, self.block2, self.block3 = _conv_trunk(in_channels, width)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(4 * width, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled features of ``block3``, (B, 4 * width)."""
+        return torch.flatten(self.pool(self.block3(self.block2(self.block1(x)))), 1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits from :meth:`forward_features`' output."""
+        return self.head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block3(self.block2(self.block1(x)))
-        return self.head(torch.flatten(self.pool(x), 1))
+        return self.forward_head(self.forward_features(x))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch[0], batch[1]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from lightning_mix.demos.models import SmallCNN
 from lightning_mix.mixing import BatchMixer, RandomChoice
 from lightning_mix.mixins.sumix import SUMixMixin
@@ -48,16 +46,5 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
         # weights_only=True when fit resumes (plain values only); LightningCLI's config.yaml records it
         self.save_hyperparameters(ignore=["mixer"])
         self.configure_sumix(num_classes=num_classes, feature_dim=4 * width, mixer=mixer, gamma=gamma, seed=seed)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally pooled features of ``block3``, (B, 4 * width)."""
-        return torch.flatten(self.pool(self.block3(self.block2(self.block1(x)))), 1)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from the pooled features."""
-        return self.head(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     training_step = SUMixMixin.training_step
