@@ -5,17 +5,19 @@
 #
 # STUDY is one of: mixing (SmallCNN on clean MNIST5k), mixing-noise30 (the same with 30% of the
 # training labels flipped), vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
-# studies/STUDY/ (results.md, results.csv, each run's test predictions). compare resumes: a finished
+# studies/ (results.md, results.csv, each run's test predictions). compare resumes: a finished
 # (method, seed) run is not run again, so running the script with more seeds, or again after an
-# interruption, only runs what is missing. Every run trains for the epochs given below (the ViT
-# study: the 30 epochs of examples/mnist5k_vit.yaml), then the table is computed from the stored
-# test predictions. Seeds given one at a time (`... vit 0`, then `... vit 0 1`, ...) fill the table
-# seed by seed for every method.
+# interruption, only runs what is missing. The mixing studies train every run for $EPOCHS epochs
+# (default 30) and write to studies/STUDY-${EPOCHS}ep/, so runs of different lengths never mix
+# (EPOCHS=10 bash benchmarks/studies.sh mixing); the ViT study trains for the 30 epochs of
+# examples/mnist5k_vit.yaml. The table is computed from the stored test predictions. Seeds given
+# one at a time (`... vit 0`, then `... vit 0 1`, ...) fill the table seed by seed for every method.
 set -euo pipefail
 
 study=${1:?usage: bash benchmarks/studies.sh mixing|mixing-noise30|vit [SEED ...]}
 shift
 seeds=("$@")
+epochs=${EPOCHS:-30}
 if [ ${#seeds[@]} -eq 0 ]; then seeds=(0 1 2 3 4); fi
 
 base=examples/mnist5k.yaml
@@ -49,11 +51,11 @@ common=(--trainer.logger false --trainer.enable_checkpointing false)
 
 case "$study" in
   mixing)
-    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output studies/mixing \
-      -- --trainer.max_epochs 30 "${common[@]}" ;;
+    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output "studies/mixing-${epochs}ep" \
+      -- --trainer.max_epochs "$epochs" "${common[@]}" ;;
   mixing-noise30)
-    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output studies/mixing-noise30 \
-      -- --trainer.max_epochs 30 --data.init_args.label_noise 0.3 "${common[@]}" ;;
+    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output "studies/mixing-noise30-${epochs}ep" \
+      -- --trainer.max_epochs "$epochs" --data.init_args.label_noise 0.3 "${common[@]}" ;;
   vit)
     lightning-mix compare "${vit_methods[@]}" --seeds "${seeds[@]}" --output studies/vit \
       -- "${common[@]}" ;;
