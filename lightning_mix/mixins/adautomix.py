@@ -65,7 +65,9 @@ class AdAutoMixMixin(MomentumEncoderBase):
     ``automatic_optimization = False``): each batch runs one backward of the sum of the two
     objectives and, at the end of an accumulation group, steps both optimisers (the generator's
     through ``trainer.strategy.optimizer_step``, so that ``trainer.global_step`` counts one per
-    optimisation step, as in automatic optimisation).
+    optimisation step, as in automatic optimisation). Under ``16-mixed`` the generator's gradients
+    are rescaled when the classifier's step changed the GradScaler's scale, so both are unscaled by
+    the scale their backward used.
 
     Example::
 
@@ -446,7 +448,11 @@ class AdAutoMixMixin(MomentumEncoderBase):
 
     def _adautomix_optimizer_step(self) -> None:
         classifier_opt, generator_opt = self.optimizers()
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed: a GradScaler
+        scale_at_backward = scaler.get_scale() if scaler is not None else None
         classifier_opt.step()  # counts trainer.global_step once per optimisation step
+        if scaler is not None:
+            self._adautomix_rescale_generator_grads(scale_at_backward, scaler.get_scale())
         # the generator's step through the strategy (precision plugin included) without a second count
         self.trainer.strategy.optimizer_step(generator_opt.optimizer, closure=_no_closure, model=self)
         classifier_opt.zero_grad(set_to_none=True)
@@ -454,6 +460,21 @@ class AdAutoMixMixin(MomentumEncoderBase):
         for config in self.trainer.lr_scheduler_configs:
             if config.interval == "step" and self.trainer.global_step % config.frequency == 0:
                 config.scheduler.step()
+
+    def _adautomix_rescale_generator_grads(self, scale_at_backward: float, scale_now: float) -> None:
+        """Keep the generator's scaled gradients consistent with the scaler's current scale.
+
+        Lightning updates a GradScaler after every optimiser step, so the classifier's step may
+        change the scale (halved after an overflow, doubled at a growth step) before the
+        generator's gradients, scaled by the old value in the one backward, are unscaled by the
+        new one. Multiplying them by ``new / old`` makes that unscale exact.
+        """
+        if scale_now == scale_at_backward:
+            return
+        factor = scale_now / scale_at_backward
+        for param in self.adautomix_generator.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
 
     def on_train_epoch_end(self) -> None:
         parent = getattr(super(), "on_train_epoch_end", None)

@@ -142,6 +142,43 @@ def test_bf16_mixed_keeps_the_generator_and_target_network_in_float32():
     assert out["mask_mb"].dtype == torch.float32 and torch.isfinite(out["loss"])
 
 
+class _GeneratorGrads(pl.Callback):
+    """The generator's gradients as its optimiser is about to step (after the precision plugin unscaled them)."""
+
+    def __init__(self):
+        self.grads = []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        generator = set(module.adautomix_generator.parameters())
+        if any(p in generator for group in optimizer.param_groups for p in group["params"]):
+            self.grads.append([p.grad.detach().clone() for p in module.adautomix_generator.parameters()])
+
+
+def test_16_mixed_unscales_the_generator_by_the_scale_its_backward_used():
+    """Lightning updates the GradScaler after each optimiser step; when the classifier's step changes the
+    scale (here it doubles at every update), the generator's gradients must still be unscaled by the
+    scale of the backward. On CPU Lightning turns "16-mixed" into bf16, so the plugin is given explicitly."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def run(growth_interval):
+        pl.seed_everything(0)
+        grads = _GeneratorGrads()
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=growth_interval)
+        plugin = MixedPrecision("16-mixed", "cpu", scaler)
+        _trainer(max_steps=3, callbacks=[grads], plugins=[plugin]).fit(_model(), _loader())
+        return grads.grads, scaler.get_scale()
+
+    growing, final_scale = run(growth_interval=1)
+    constant, constant_scale = run(growth_interval=10**9)
+    assert final_scale == 1024.0 * 2**6 and constant_scale == 1024.0  # two updates per step, three steps
+    assert len(growing) == len(constant) == 3
+    for step_growing, step_constant in zip(growing, constant):
+        assert all(torch.isfinite(g).all() for g in step_growing)
+        assert any(g.abs().sum() > 0 for g in step_growing)
+        for a, b in zip(step_growing, step_constant):  # powers of two: the scaling itself is exact
+            torch.testing.assert_close(a, b)
+
+
 def test_errors_at_fit_start_name_the_fix():
     class OneOptimiser(AdAutoMixSmallCNN):
         def configure_optimizers(self):
