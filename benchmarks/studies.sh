@@ -4,14 +4,16 @@
 #   bash benchmarks/studies.sh STUDY [SEED ...]
 #
 # STUDY is one of: mixing (SmallCNN on clean MNIST5k), mixing-noise30 (the same with 30% of the
-# training labels flipped), vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
+# training labels flipped), averaging-calibration and averaging-calibration-noise30 (weight
+# averaging, temperature scaling and model-level mixing on SmallCNN), vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
 # studies/ (results.md, results.csv, each run's test predictions). compare resumes: a finished
 # (method, seed) run is not run again, so running the script with more seeds, or again after an
-# interruption, only runs what is missing. The mixing studies train every run for $EPOCHS epochs
+# interruption, only runs what is missing. The SmallCNN studies train every run for $EPOCHS epochs
 # (default 30) and write to studies/STUDY-${EPOCHS}ep/, so runs of different lengths never mix
 # (EPOCHS=10 bash benchmarks/studies.sh mixing); the ViT study trains for the 30 epochs of
 # examples/mnist5k_vit.yaml. The table is computed from the stored test predictions. Seeds given
 # one at a time (`... vit 0`, then `... vit 0 1`, ...) fill the table seed by seed for every method.
+# Options after the seeds go to compare (e.g. `... mixing 0 1 2 3 4 --no-plots`).
 set -euo pipefail
 
 study=${1:?usage: bash benchmarks/studies.sh mixing|mixing-noise30|vit [SEED ...]}
@@ -37,6 +39,18 @@ mixing_methods=(
   --method "adautomix=examples/mnist5k_adautomix.yaml"
   --method "adamixup=examples/mnist5k_adamixup.yaml"
 )
+# Weight averaging (EMA, SWA, model soups), temperature scaling (alone and after Mixup) and the
+# model-level mixers that are callbacks (Manifold Mixup, RegMixup), each at its preset's defaults.
+averaging_calibration_methods=(
+  --method "erm=$base"
+  --method "ema=$base,callbacks/ema.yaml"
+  --method "swa=$base,callbacks/swa.yaml"
+  --method "soup=$base,callbacks/soup.yaml"
+  --method "temperature_scaling=$base,callbacks/temperature_scaling.yaml"
+  --method "mixup_ts=$base,callbacks/mixup.yaml,callbacks/temperature_scaling.yaml"
+  --method "manifold_mixup=$base,callbacks/manifold_mixup.yaml"
+  --method "regmixup=$base,callbacks/regmixup.yaml"
+)
 vit=examples/mnist5k_vit.yaml
 vit_methods=(
   --method "erm=$vit"
@@ -49,17 +63,27 @@ vit_methods=(
 )
 common=(--trainer.logger false --trainer.enable_checkpointing false)
 
+# compare_smallcnn OUTPUT_NAME METHOD_ARRAY_NAME [EXTRA FIT ARGUMENTS...]
+compare_smallcnn() {
+  local output=$1 methods_name=$2
+  shift 2
+  local -n methods=$methods_name
+  lightning-mix compare "${methods[@]}" --seeds "${seeds[@]}" --output "studies/${output}-${epochs}ep" \
+    -- --trainer.max_epochs "$epochs" "$@" "${common[@]}"
+}
+noise=(--data.init_args.label_noise 0.3)
+
 case "$study" in
-  mixing)
-    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output "studies/mixing-${epochs}ep" \
-      -- --trainer.max_epochs "$epochs" "${common[@]}" ;;
-  mixing-noise30)
-    lightning-mix compare "${mixing_methods[@]}" --seeds "${seeds[@]}" --output "studies/mixing-noise30-${epochs}ep" \
-      -- --trainer.max_epochs "$epochs" --data.init_args.label_noise 0.3 "${common[@]}" ;;
+  mixing) compare_smallcnn mixing mixing_methods ;;
+  mixing-noise30) compare_smallcnn mixing-noise30 mixing_methods "${noise[@]}" ;;
+  averaging-calibration) compare_smallcnn averaging-calibration averaging_calibration_methods ;;
+  averaging-calibration-noise30)
+    compare_smallcnn averaging-calibration-noise30 averaging_calibration_methods "${noise[@]}" ;;
   vit)
     lightning-mix compare "${vit_methods[@]}" --seeds "${seeds[@]}" --output studies/vit \
       -- "${common[@]}" ;;
   *)
-    echo "unknown study '$study': choose mixing, mixing-noise30 or vit" >&2
+    echo "unknown study '$study': choose mixing, mixing-noise30, averaging-calibration," \
+      "averaging-calibration-noise30 or vit" >&2
     exit 2 ;;
 esac
