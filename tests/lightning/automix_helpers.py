@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -50,3 +51,44 @@ class SAMixCNN(SAMixMixin, SmallCNN):
 
 
 MODELS = {"automix": AutoMixCNN, "samix": SAMixCNN}
+
+
+class EpochEndSnapshots(pl.Callback):
+    """The parameters whose names start with ``prefixes`` at every epoch end (placed ahead of SWA, before
+    it takes its snapshot)."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        self.prefixes = prefixes
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer, module):
+        named = module.named_parameters()
+        self.snapshots.append({n: p.detach().clone() for n, p in named if n.startswith(self.prefixes)})
+
+
+def assert_swa_averages_the_mixer(model, loader, prefixes: tuple[str, ...], make_trainer) -> None:
+    """Two epochs of SWA from epoch 0: the mixer's final weights are the mean of its two epoch-end snapshots."""
+    from lightning_mix.callbacks import SWA
+
+    record = EpochEndSnapshots(prefixes)
+    swa = SWA(start_epoch=0, recalibrate_bn=False)
+    make_trainer(max_epochs=2, limit_train_batches=2, callbacks=[record, swa]).fit(model, loader)
+    assert swa.num_averaged == 2 and len(record.snapshots) == 2
+    first, second = record.snapshots
+    assert first and any(not torch.equal(first[n], second[n]) for n in first)
+    for name, param in model.named_parameters():  # SWA owns the final weights
+        if name.startswith(prefixes):
+            torch.testing.assert_close(param.detach(), (first[name] + second[name]) / 2, rtol=0, atol=1e-7)
+
+
+def assert_soup_ingredients_hold_the_mixer(model, loader, prefixes: tuple[str, ...], make_trainer) -> None:
+    """Two epochs of ModelSoup: both ingredients hold parameters under every prefix."""
+    from lightning_mix.callbacks import ModelSoup
+
+    soup = ModelSoup(recalibrate_bn=False, save_soups=False)
+    trainer = make_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=2, callbacks=[soup])
+    trainer.fit(model, loader, loader)
+    ingredients = soup.ingredient_state_dicts()
+    assert len(ingredients) == 2 and trainer.state.finished
+    for prefix in prefixes:
+        assert all(any(k.startswith(prefix) for k in d) for d in ingredients)

@@ -8,7 +8,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from automix_helpers import make_data, make_loader
+from automix_helpers import (
+    assert_soup_ingredients_hold_the_mixer,
+    assert_swa_averages_the_mixer,
+    make_data,
+    make_loader,
+)
 from references.adamixup_authors import authors_adamixup_loss
 from tiny_trainer import tiny_trainer
 
@@ -293,45 +298,11 @@ def test_validation_uses_only_the_classifier():
 MIXER = ("adamixup_policy_head.", "adamixup_policy_trunk.", "adamixup_discriminator.")
 
 
-class _EpochEndMixer(pl.Callback):
-    """The policy network's and discriminator's weights at every epoch end (before SWA, placed ahead of it,
-    takes its snapshot)."""
-
-    def __init__(self):
-        self.snapshots = []
-
-    def on_train_epoch_end(self, trainer, module):
-        self.snapshots.append({n: p.detach().clone() for n, p in module.named_parameters() if n.startswith(MIXER)})
-
-
 def test_swa_averages_the_policy_and_discriminator_with_the_classifier():
-    from lightning_mix.callbacks import SWA
-
     pl.seed_everything(0)
-    model = _model()
-    record = _EpochEndMixer()
-    swa = SWA(start_epoch=0, recalibrate_bn=False)
-    trainer = _trainer(max_epochs=2, limit_train_batches=2, callbacks=[record, swa])
-    trainer.fit(model, make_loader(batch_size=4))
-    assert swa.num_averaged == 2 and len(record.snapshots) == 2
-    assert {n.split(".")[0] + "." for n in record.snapshots[0]} == set(MIXER)
-    assert any(not torch.equal(record.snapshots[0][n], record.snapshots[1][n]) for n in record.snapshots[0])
-    for name, param in model.named_parameters():  # SWA owns the final weights: the mean of its two snapshots
-        if name.startswith(MIXER):
-            expected = (record.snapshots[0][name] + record.snapshots[1][name]) / 2
-            torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-7)
+    assert_swa_averages_the_mixer(_model(), make_loader(batch_size=4), MIXER, _trainer)
 
 
 def test_model_soup_ingredients_hold_the_policy_and_discriminator():
-    from lightning_mix.callbacks import ModelSoup
-
     pl.seed_everything(0)
-    model = _model()
-    soup = ModelSoup(recalibrate_bn=False, save_soups=False)
-    trainer = _trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=2, callbacks=[soup])
-    trainer.fit(model, make_loader(batch_size=4), make_loader(batch_size=4))
-    ingredients = soup.ingredient_state_dicts()
-    assert len(ingredients) == 2
-    for prefix in MIXER:
-        assert all(any(k.startswith(prefix) for k in d) for d in ingredients)
-    assert trainer.state.finished
+    assert_soup_ingredients_hold_the_mixer(_model(), make_loader(batch_size=4), MIXER, _trainer)

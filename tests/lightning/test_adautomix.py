@@ -5,6 +5,7 @@ import copy
 import lightning.pytorch as pl
 import pytest
 import torch
+from automix_helpers import assert_soup_ingredients_hold_the_mixer, assert_swa_averages_the_mixer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from references.automix_reference import reference_momentum
 from tiny_trainer import tiny_trainer
@@ -229,39 +230,11 @@ def test_ema_callback_averages_the_generator_with_the_classifier_but_not_the_tar
     torch.testing.assert_close(model.automix_momentum_state()["head.weight"], expected, rtol=0, atol=1e-6)
 
 
-class _EpochEndGenerator(pl.Callback):
-    """The generator's weights at every epoch end (before SWA, placed ahead of it, takes its snapshot)."""
-
-    def __init__(self):
-        self.snapshots = []
-
-    def on_train_epoch_end(self, trainer, module):
-        self.snapshots.append({n: p.detach().clone() for n, p in module.adautomix_generator.named_parameters()})
-
-
 def test_swa_averages_the_generator_with_the_classifier():
-    from lightning_mix.callbacks import SWA
-
     pl.seed_everything(0)
-    model = _model()
-    record = _EpochEndGenerator()
-    swa = SWA(start_epoch=0, recalibrate_bn=False)
-    trainer = _trainer(max_epochs=2, limit_train_batches=2, callbacks=[record, swa])
-    trainer.fit(model, _loader())
-    assert swa.num_averaged == 2 and len(record.snapshots) == 2
-    for name, param in model.adautomix_generator.named_parameters():  # SWA owns the final weights
-        expected = (record.snapshots[0][name] + record.snapshots[1][name]) / 2
-        torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-7)
+    assert_swa_averages_the_mixer(_model(), _loader(), (GEN,), _trainer)
 
 
 def test_model_soup_ingredients_hold_the_generator():
-    from lightning_mix.callbacks import ModelSoup
-
     pl.seed_everything(0)
-    model = _model()
-    soup = ModelSoup(recalibrate_bn=False, save_soups=False)
-    trainer = _trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=2, callbacks=[soup])
-    trainer.fit(model, _loader(), _loader())
-    ingredients = soup.ingredient_state_dicts()
-    assert len(ingredients) == 2 and all(any(k.startswith(GEN) for k in d) for d in ingredients)
-    assert trainer.state.finished
+    assert_soup_ingredients_hold_the_mixer(_model(), _loader(), (GEN,), _trainer)
