@@ -17,6 +17,17 @@ recalibrated at every point: ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` on the t
 
 With ``--scenario subsets`` the base is trained on all upright digits and the tasks are the digit
 subsets 0-3, 4-6 and 7-9 (tested on their own digits, 10-way).
+
+Over seeds, with intervals and paired tests: ``--seed S`` shifts every seed of the study (training
+batches, DARE's masks, the BatchNorm and Fisher samples; ``--seed 0`` is the single-seed run above),
+and ``--predictions DIR`` stores each model's class probabilities on the concatenated test images
+of all tasks in ``lightning-mix compare``'s layout (``DIR/METHOD/seed=S/predictions.pt``), so that
+
+    for s in 0 1 2 3 4; do python benchmarks/merging_study.py --seed $s --skip-barrier --predictions studies/merging; done
+    lightning-mix compare --stored --output studies/merging --seeds 0 1 2 3 4 --method uniform_soup \
+        --method task_arithmetic --method ties ...
+
+reports every merge against the uniform soup (``benchmarks/studies.sh merging`` runs both steps).
 """
 
 from __future__ import annotations
@@ -24,11 +35,13 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from lightning_mix.averaging import recalibrate_batchnorm, weight_matching
+from lightning_mix.cli.compare import store_predictions
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.merging import (
     adamerging,
@@ -104,6 +117,22 @@ def task_accuracies(model, d, split):
     return {t: evaluate(model, *d[t][split])[0] for t in TASKS}
 
 
+@torch.no_grad()
+def test_probabilities(models, d):
+    """Class probabilities and labels on the concatenated test images of every task, in TASKS order.
+
+    ``models`` is one model for every task, or ``{task: model}`` (each fine-tuned model on its task).
+    """
+    probs, labels = [], []
+    for t in TASKS:
+        model = models[t] if isinstance(models, dict) else models
+        x, y = d[t]["test"]
+        model.eval()
+        probs.append(torch.cat([model(x[i : i + 500]).softmax(-1) for i in range(0, len(x), 500)]))
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=16)
@@ -123,7 +152,16 @@ def main() -> None:
     )
     parser.add_argument("--skip-merging", action="store_true")
     parser.add_argument("--skip-barrier", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="shifts every seed of the merging part (0: the docs' run)")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="store each model's test probabilities as DIR/METHOD/seed=SEED/predictions.pt (lightning-mix compare)",
+    )
     args = parser.parse_args()
+    if args.predictions is not None and args.skip_merging:
+        parser.error("--predictions stores the merged models' predictions: it cannot go with --skip-merging")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     global TASKS
@@ -132,38 +170,40 @@ def main() -> None:
     d = data(args.scenario)
 
     if not args.skip_merging:
-        torch.manual_seed(0)
-        base = train(SmallCNN(width=args.width), *d["upright"]["train"], steps=args.base_steps, lr=2e-3, seed=0)
+        shift = 100 * args.seed  # seed 0 keeps the seeds of the single-seed run
+        torch.manual_seed(shift)
+        base = train(SmallCNN(width=args.width), *d["upright"]["train"], steps=args.base_steps, lr=2e-3, seed=shift)
         base_sd = copy.deepcopy(base.state_dict())
         finetuned = {
-            t: train(copy.deepcopy(base), *d[t]["train"], steps=args.ft_steps, lr=1e-3, seed=i + 1)
+            t: train(copy.deepcopy(base), *d[t]["train"], steps=args.ft_steps, lr=1e-3, seed=shift + i + 1)
             for i, t in enumerate(TASKS)
         }
         ft_sds = [copy.deepcopy(m.state_dict()) for m in finetuned.values()]
         joint_x = torch.cat([d[t]["train"][0] for t in TASKS])
         joint_y = torch.cat([d[t]["train"][1] for t in TASKS])
-        joint = train(copy.deepcopy(base), joint_x, joint_y, steps=args.ft_steps * len(TASKS), lr=1e-3, seed=9)
-        bn_images = joint_x[torch.randperm(len(joint_x), generator=torch.Generator().manual_seed(0))[: args.bn_images]]
+        joint = train(copy.deepcopy(base), joint_x, joint_y, steps=args.ft_steps * len(TASKS), lr=1e-3, seed=shift + 9)
+        permutation = torch.randperm(len(joint_x), generator=torch.Generator().manual_seed(shift))
+        bn_images = joint_x[permutation[: args.bn_images]]
         print(f"trained base, {len(TASKS)} fine-tuned and joint models in {time.perf_counter() - start:.0f} s")
 
         rows: list[tuple[str, dict[str, float], str]] = []
-        rows.append(("base (upright only)", task_accuracies(base, d, "test"), ""))
-        rows.append(
-            (
-                "fine-tuned, own task",
-                {t: evaluate(m, *d[t]["test"])[0] for t, m in finetuned.items()},
-                "one model per column",
-            )
-        )
-        rows.append(
-            (
-                "jointly fine-tuned",
-                task_accuracies(joint, d, "test"),
-                f"{args.ft_steps * len(TASKS)} steps on all tasks",
-            )
-        )
 
-        def add(name, make, note="", sweep=True):
+        def report(name, folder, model, note=""):
+            """A table row for ``model`` (or ``{task: model}``), and its stored predictions with --predictions."""
+            if isinstance(model, dict):
+                accuracies = {t: evaluate(m, *d[t]["test"])[0] for t, m in model.items()}
+            else:
+                accuracies = task_accuracies(model, d, "test")
+            rows.append((name, accuracies, note))
+            if args.predictions is not None:
+                probs, labels = test_probabilities(model, d)
+                store_predictions(args.predictions / folder / f"seed={args.seed}", probs, labels, args.seed)
+
+        report("base (upright only)", "base", base)
+        report("fine-tuned, own task", "finetuned_own_task", finetuned, "one model per column")
+        report("jointly fine-tuned", "joint", joint, f"{args.ft_steps * len(TASKS)} steps on all tasks")
+
+        def add(name, folder, make, note="", sweep=True):
             if sweep:
                 best = None
                 for lam in LAMS:
@@ -175,33 +215,54 @@ def main() -> None:
                 note = f"{note}{', ' if note else ''}lam={lam}"
             else:
                 m = load(base, make(None), bn_images)
-            rows.append((name, task_accuracies(m, d, "test"), note))
+            report(name, folder, m, note)
             print(f"  {name}: done ({time.perf_counter() - start:.0f} s)")
 
-        add("average (uniform soup)", lambda _: weighted_average(ft_sds), sweep=False)
+        add("average (uniform soup)", "uniform_soup", lambda _: weighted_average(ft_sds), sweep=False)
         plain = load(base, task_arithmetic(base_sd, ft_sds, 0.3))
-        rows.append(("task arithmetic, no BN recalibration", task_accuracies(plain, d, "test"), "lam=0.3"))
-        add("task arithmetic", lambda lam: task_arithmetic(base_sd, ft_sds, lam))
-        add("TIES", lambda lam: ties(base_sd, ft_sds, density=0.2, lam=lam), "density=0.2")
-        add("DARE + task arithmetic", lambda lam: dare(base_sd, ft_sds, p=0.5, lam=lam, seed=0), "p=0.5")
-        add("DARE + TIES", lambda lam: dare(base_sd, ft_sds, p=0.5, lam=lam, merge="ties", seed=0), "p=0.5")
-        add("Model Stock", lambda _: model_stock(base_sd, ft_sds), sweep=False)
-        add("PCB", lambda lam: pcb(base_sd, ft_sds, keep_ratio=0.1, lam=lam), "keep_ratio=0.1")
-        add("consensus (TALL, k=2)", lambda lam: consensus(base_sd, ft_sds, k=2, mask_lam=0.4, lam=lam), "mask_lam=0.4")
+        report("task arithmetic, no BN recalibration", "task_arithmetic_no_bn", plain, "lam=0.3")
+        add("task arithmetic", "task_arithmetic", lambda lam: task_arithmetic(base_sd, ft_sds, lam))
+        add("TIES", "ties", lambda lam: ties(base_sd, ft_sds, density=0.2, lam=lam), "density=0.2")
+        add(
+            "DARE + task arithmetic",
+            "dare_task_arithmetic",
+            lambda lam: dare(base_sd, ft_sds, p=0.5, lam=lam, seed=shift),
+            "p=0.5",
+        )
+        add(
+            "DARE + TIES",
+            "dare_ties",
+            lambda lam: dare(base_sd, ft_sds, p=0.5, lam=lam, merge="ties", seed=shift),
+            "p=0.5",
+        )
+        add("Model Stock", "model_stock", lambda _: model_stock(base_sd, ft_sds), sweep=False)
+        add("PCB", "pcb", lambda lam: pcb(base_sd, ft_sds, keep_ratio=0.1, lam=lam), "keep_ratio=0.1")
+        add(
+            "consensus (TALL, k=2)",
+            "consensus",
+            lambda lam: consensus(base_sd, ft_sds, k=2, mask_lam=0.4, lam=lam),
+            "mask_lam=0.4",
+        )
 
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator().manual_seed(shift)
         fishers = []
         for t, m in finetuned.items():
             x = d[t]["train"][0][:256]
             fishers.append(
                 fisher_information(m, [(x[i : i + 64],) for i in range(0, 256, 64)], num_examples=256, generator=gen)
             )
-        add("Fisher", lambda _: fisher(ft_sds, fishers), "256 examples per task, labels sampled", sweep=False)
+        add("Fisher", "fisher", lambda _: fisher(ft_sds, fishers), "256 examples per task, labels sampled", sweep=False)
         grams = [regmean_grams(m, [d[t]["train"][0][:512]]) for t, m in finetuned.items()]
-        add("RegMean", lambda _: regmean(ft_sds, grams, alpha=0.95), "alpha=0.95; only the head is linear", sweep=False)
+        add(
+            "RegMean",
+            "regmean",
+            lambda _: regmean(ft_sds, grams, alpha=0.95),
+            "alpha=0.95; only the head is linear",
+            sweep=False,
+        )
         test_inputs = torch.cat([d[t]["test"][0] for t in TASKS])
         stream = [
-            test_inputs[torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(s))[:64]]
+            test_inputs[torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(shift + s))[:64]]
             for s in range(50)
         ]
         ada_sd, coef = adamerging(
@@ -217,6 +278,7 @@ def main() -> None:
         )
         add(
             "AdaMerging (layer-wise)",
+            "adamerging",
             lambda _: ada_sd,
             f"{args.ada_steps} steps, lr {args.ada_lr:g}, batch statistics, entropy on unlabeled test images; "
             f"mean coefficient {float(coef.mean()):.2f}",

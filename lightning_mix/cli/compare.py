@@ -13,6 +13,10 @@ run fits with ``--seed_everything SEED`` (arguments after ``--`` go to every run
 for the demos) and stores the class probabilities and labels in
 ``OUTPUT/METHOD/seed=SEED/predictions.pt`` (written to a temporary file and renamed: a run either
 finished or is absent). A finished run is not run again, so an interrupted comparison resumes.
+``--stored`` runs nothing and reports on the predictions already stored under ``OUTPUT`` (a missing
+run is an error that names it): the way to re-read a finished study, or to compare predictions
+that another program stored in the same layout with :func:`store_predictions` (the merging study
+of the docs does this for merged models, which no config trains).
 
 The report (printed, and written as ``OUTPUT/results.md`` and ``OUTPUT/results.csv``) gives for
 each method and metric (accuracy, NLL, ECE with 15 equal-width bins, smECE, Brier, AURC) the mean
@@ -74,6 +78,7 @@ __all__ = [
     "compare_predictions",
     "main",
     "parse_method",
+    "store_predictions",
 ]
 
 METRICS = ("accuracy", "nll", "ece", "smece", "brier", "aurc")
@@ -108,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="5x2: train each method on 5 repetitions of a 2-fold split of the training data (the DataModule's "
         "cv_repeat and cv_fold init arguments) and report the 5x2cv paired t-test and combined F-test.",
+    )
+    parser.add_argument(
+        "--stored",
+        action="store_true",
+        help="Run nothing: report on the predictions already stored under --output (OUTPUT/METHOD/seed=SEED/"
+        "predictions.pt); methods need no config, and a missing run is an error.",
     )
     parser.add_argument("--baseline", default=None, help="Method the others are tested against (default: the first).")
     parser.add_argument("--output", default="compare", help="Folder for the runs' predictions and the tables.")
@@ -161,6 +172,26 @@ def _run_dir(output: Path, method: str, seed: int) -> Path:
     return output / method / f"seed={seed}"
 
 
+def store_predictions(run_dir: str | Path, probs: torch.Tensor, labels: torch.Tensor, seed: int, configs=()) -> Path:
+    """Store one run's test predictions where ``compare`` reads them: ``run_dir/predictions.pt``.
+
+    ``run_dir`` is ``OUTPUT/METHOD/seed=SEED`` for a seeded comparison. ``probs`` are class
+    probabilities (n, C) (rows summing to one), ``labels`` the n class indices. Written to a
+    temporary file and renamed, so a run is either complete or absent. Returns the file's path.
+    """
+    probs, labels = probs.detach().float().cpu(), labels.detach().long().cpu()
+    sums_to_one = bool(torch.allclose(probs.sum(-1), torch.ones(1), atol=1e-3)) if probs.dim() == 2 else False
+    if probs.dim() != 2 or labels.dim() != 1 or probs.shape[0] != labels.shape[0] or not sums_to_one:
+        raise ValueError(
+            "compare needs class probabilities (n, C) for n class labels; got "
+            f"{tuple(probs.shape)} predictions for labels of shape {tuple(labels.shape)} "
+            f"(rows summing to one: {sums_to_one})."
+        )
+    path = Path(run_dir) / "predictions.pt"
+    save_checkpoint_atomically({"probs": probs, "labels": labels, "configs": list(configs), "seed": seed}, path)
+    return path
+
+
 def _run_one(configs: list[str], seed: int, overrides: list[str], run_dir: Path) -> None:
     """Fit one (method, seed), predict, and store probabilities and labels atomically."""
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -191,18 +222,11 @@ def _run_one(configs: list[str], seed: int, overrides: list[str], run_dir: Path)
             break
         labels.append(batch[1].cpu())
     labels = torch.cat(labels)[: probs.shape[0]]
-    if (
-        probs.dim() != 2
-        or probs.shape[0] != labels.shape[0]
-        or not torch.allclose(probs.sum(-1), torch.ones(1), atol=1e-3)
-    ):
-        raise ValueError(
-            "compare needs predict_step to return class probabilities (B, C) for (inputs, labels) batches; got "
-            f"{tuple(probs.shape)} predictions for {labels.shape[0]} labels (rows summing to one: "
-            f"{bool(torch.allclose(probs.sum(-1), torch.ones(1), atol=1e-3))})."
-        )
-    stored = {"probs": probs, "labels": labels, "configs": configs, "seed": seed}
-    save_checkpoint_atomically(stored, run_dir / "predictions.pt")
+    try:
+        store_predictions(run_dir, probs, labels, seed, configs)
+    except ValueError as error:
+        message = f"predict_step must return class probabilities (B, C) for (inputs, labels) batches: {error}"
+        raise ValueError(message) from error
 
 
 def _per_sample_values(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -415,6 +439,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         raise ValueError("--n-resamples must be at least 2 and --confidence-level in (0, 1).")
     for name, extra in methods.items():
         configs = args.config + extra
+        if args.stored:
+            continue
         if not configs:
             raise ValueError(f"Method {name!r} has no config: give --config and/or {name}=FILE.yaml.")
         missing = [c for c in configs if not Path(c).is_file()]
@@ -426,7 +452,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         if len(seeds) != 1:
             raise ValueError(f"--cv {args.cv} runs each fold once: give one seed (e.g. --seeds 0), got {seeds}.")
         for name, extra in methods.items():
-            check_cv_support(name, args.config + extra, overrides)
+            if not args.stored:
+                check_cv_support(name, args.config + extra, overrides)
         repeats, folds = CV_SCHEMES[args.cv]
         runs = [
             _Run(name, f"repeat={i} fold={f}", seeds[0], cv_overrides(i, f), cv_run_dir(output, name, i, f))
@@ -441,9 +468,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         runs = [
             _Run(name, f"seed={seed}", seed, [], _run_dir(output, name, seed)) for name in methods for seed in seeds
         ]
-    progress = RunProgress(len(runs), args.progress)
+    if args.stored:
+        missing = [str(run.run_dir) for run in runs if not (run.run_dir / "predictions.pt").is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"--stored runs nothing, but {len(missing)} run(s) have no predictions.pt: {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}. Run compare without --stored to train them, or give only "
+                "the methods and seeds that are stored."
+            )
+    progress = RunProgress(0 if args.stored else len(runs), args.progress)
     try:
-        for run in runs:
+        for run in [] if args.stored else runs:
             if (run.run_dir / "predictions.pt").is_file():
                 progress.step(f"{run.method} {run.label}", "done before, skipped")
                 continue

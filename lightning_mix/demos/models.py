@@ -33,8 +33,14 @@ def _conv_trunk(in_channels: int, width: int) -> list[nn.Sequential]:
 class SmallCNN(pl.LightningModule):
     """Three conv-BN-ReLU blocks, global average pooling and a linear head.
 
-    Trains with :func:`~lightning_mix.losses.soft_cross_entropy`, so it accepts class indices or
-    the dense (mixed) targets a mixing callback produces. Logs ``train/loss``, ``train/acc``
+    Trains with ``loss(logits, targets)``: by default
+    :func:`~lightning_mix.losses.soft_cross_entropy`, or any loss module given as ``loss`` (e.g. a
+    calibration loss of :mod:`lightning_mix.losses`, from YAML as ``loss: {class_path:
+    lightning_mix.losses.FocalLoss}``), which must accept class indices and the dense (mixed)
+    targets a mixing callback produces, as every loss of :mod:`lightning_mix.losses` does. The
+    loss module is not saved in the hyper-parameters (``load_from_checkpoint`` restores the
+    default loss; evaluation does not use it). ``val/nll`` and ``test/nll`` are always the
+    cross-entropy. Logs ``train/loss``, ``train/acc``
     (against the main label: the class with the largest target weight), ``val/acc``, ``val/nll``,
     ``test/acc`` and ``test/nll``. ``validation_step`` and ``test_step`` return
     ``{"logits": ..., "loss": ...}`` so calibration callbacks can read the logits without another
@@ -50,9 +56,11 @@ class SmallCNN(pl.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
+        loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["loss"])
+        self.loss = loss
         self.block1, self.block2, self.block3 = _conv_trunk(in_channels, width)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(4 * width, num_classes)
@@ -71,7 +79,7 @@ class SmallCNN(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch[0], batch[1]
         logits = self(inputs)
-        loss = soft_cross_entropy(logits, targets)
+        loss = soft_cross_entropy(logits, targets) if self.loss is None else self.loss(logits, targets)
         main_label = targets.argmax(-1) if targets.is_floating_point() else targets
         acc = (logits.argmax(-1) == main_label).float().mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)

@@ -156,3 +156,34 @@ def test_a_bootstrap_p_value_of_zero_is_shown_as_its_bound():
     ]
     table = compare._markdown(rows, "a", 0.95, "seeds-and-rows", n_resamples=1000)
     assert "p=<0.002 (<0.002)" in table and "p=0 " not in table
+
+
+def test_stored_mode_reports_on_predictions_another_program_stored(tmp_path, capsys):
+    out = tmp_path / "merged"
+    base, labels = _probs(0, 1.0, seeds=2)
+    better, _ = _probs(1, 3.0, seeds=2)
+    for name, probs in (("soup", base), ("ties", better)):
+        for seed in (0, 1):
+            path = compare.store_predictions(out / name / f"seed={seed}", probs[seed], labels, seed)
+            assert path == out / name / f"seed={seed}" / "predictions.pt"
+    argv = ["--stored", "--method", "soup", "--method", "ties", "--seeds", "0", "1", "--output", str(out)]
+    rows = compare.main([*argv, "--n-resamples", "50", "--no-plots"])
+    printed = capsys.readouterr().out
+    assert "running" not in printed and "| ties | 2 |" in printed  # nothing trained, the table written
+    direct = compare.compare_predictions({"soup": (base, labels), "ties": (better, labels)}, "soup", n_resamples=50)
+    assert [(r["method"], r["metric"], r["estimate"], r.get("p_value")) for r in rows] == [
+        (r["method"], r["metric"], r["estimate"], r.get("p_value")) for r in direct
+    ]
+    (out / "results.md").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 run\(s\) have no predictions.pt.*seed=2"):
+        compare.main(["--stored", "--method", "soup", "--seeds", "0", "1", "2", "--output", str(out)])
+    assert not (out / "results.md").exists()  # refused before any report was written
+
+
+def test_store_predictions_refuses_what_compare_could_not_read(tmp_path):
+    labels = torch.tensor([0, 1, 1])
+    with pytest.raises(ValueError, match="rows summing to one: False"):
+        compare.store_predictions(tmp_path / "a", torch.ones(3, 2), labels, seed=0)
+    with pytest.raises(ValueError, match=r"\(3, 2\) predictions for labels of shape \(2,\)"):
+        compare.store_predictions(tmp_path / "a", torch.full((3, 2), 0.5), labels[:2], seed=0)
+    assert not (tmp_path / "a").exists()  # nothing half-written
