@@ -6,7 +6,7 @@ for ``--epochs`` epochs with seed ``--seed``, then tests the final weights on th
 
 Usage: ``python benchmarks/demo_convergence.py [--epochs 30] [--seed 0] [--random-shift 2]``.
 The recipe screen of docs/benchmarks/demos.md varies ``--width``, ``--lr``, ``--weight-decay``,
-``--batch-size`` and adds a random affine transform of the training images (``--affine-degrees``,
+``--batch-size``, ``--kernel-size`` (of the first two blocks) and adds a random affine transform of the training images (``--affine-degrees``,
 ``--affine-scale``: rotation up to that many degrees, scale in [1 - s, 1 + s], before the shift).
 """
 
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--kernel-size", type=int, default=3)
     parser.add_argument("--affine-degrees", type=float, default=0.0)
     parser.add_argument("--affine-scale", type=float, default=0.0)
     args = parser.parse_args()
@@ -79,12 +80,12 @@ def main() -> None:
         background = float(data.train_set[0][0].min())  # the normalised value of a black pixel
         data.train_set = _AffineTrainSet(data.train_set, args.affine_degrees, args.affine_scale, background)
     start = time.perf_counter()
-    model = SmallCNN(width=args.width, lr=args.lr, weight_decay=args.weight_decay)
+    model = SmallCNN(width=args.width, lr=args.lr, weight_decay=args.weight_decay, kernel_size=args.kernel_size)
     trainer.fit(model, datamodule=data)
     fit_seconds = time.perf_counter() - start
     result = trainer.test(model, datamodule=data, verbose=False)[0]
     print(
-        f"epochs={args.epochs} seed={args.seed} random_shift={args.random_shift} "
+        f"epochs={args.epochs} seed={args.seed} random_shift={args.random_shift} kernel_size={args.kernel_size} "
         f"test/acc={result['test/acc']:.4f} test/nll={result['test/nll']:.4f} fit_seconds={fit_seconds:.0f}",
         flush=True,
     )

@@ -1,4 +1,4 @@
-"""SmallCNN's ``loss`` argument: the training loss is the given module, composed from YAML presets."""
+"""SmallCNN's options: the training loss (composed from YAML presets) and the kernel size."""
 
 from __future__ import annotations
 
@@ -86,3 +86,14 @@ def test_each_loss_config_composes_with_the_base_config(config, tmp_path, monkey
     model.eval()
     inputs, targets = _batch(1)
     assert torch.allclose(_training_loss(model, inputs, targets), loss_class()(model(inputs), targets))
+
+
+def test_kernel_size_sets_the_first_two_blocks_and_keeps_every_shape():
+    wide = SmallCNN(width=4, kernel_size=5)
+    assert wide.block1[0].weight.shape == (4, 1, 5, 5) and wide.block2[0].weight.shape == (8, 4, 5, 5)
+    assert wide.block3[0].weight.shape == (16, 8, 3, 3)
+    inputs, _ = _batch()
+    assert wide.forward_features(inputs).shape == (6, 16) and wide(inputs).shape == (6, 10)
+    assert SmallCNN(width=4).block1[0].weight.shape[-1] == 3  # the default
+    with pytest.raises(ValueError, match="positive odd number"):
+        SmallCNN(kernel_size=4)
