@@ -136,6 +136,9 @@ def test_probabilities(models, d):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument(
+        "--kernel-size", type=int, default=3, help="SmallCNN's kernel_size (3: the network of the docs' tables)"
+    )
     parser.add_argument("--base-steps", type=int, default=300)
     parser.add_argument("--ft-steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
@@ -172,7 +175,13 @@ def main() -> None:
     if not args.skip_merging:
         shift = 100 * args.seed  # seed 0 keeps the seeds of the single-seed run
         torch.manual_seed(shift)
-        base = train(SmallCNN(width=args.width), *d["upright"]["train"], steps=args.base_steps, lr=2e-3, seed=shift)
+        base = train(
+            SmallCNN(width=args.width, kernel_size=args.kernel_size),
+            *d["upright"]["train"],
+            steps=args.base_steps,
+            lr=2e-3,
+            seed=shift,
+        )
         base_sd = copy.deepcopy(base.state_dict())
         finetuned = {
             t: train(copy.deepcopy(base), *d[t]["train"], steps=args.ft_steps, lr=1e-3, seed=shift + i + 1)
@@ -300,7 +309,16 @@ def main() -> None:
         models = []
         for seed in (1, 2):
             torch.manual_seed(seed)
-            models.append(train(SmallCNN(width=args.width), x, y, steps=args.base_steps, lr=2e-3, seed=seed))
+            models.append(
+                train(
+                    SmallCNN(width=args.width, kernel_size=args.kernel_size),
+                    x,
+                    y,
+                    steps=args.base_steps,
+                    lr=2e-3,
+                    seed=seed,
+                )
+            )
         a, b = models
         aligned = weight_matching(a, b, example_input=x[:8])
         with torch.no_grad():

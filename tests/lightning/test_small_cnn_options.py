@@ -89,11 +89,13 @@ def test_each_loss_config_composes_with_the_base_config(config, tmp_path, monkey
 
 
 def test_kernel_size_sets_the_first_two_blocks_and_keeps_every_shape():
-    wide = SmallCNN(width=4, kernel_size=5)
-    assert wide.block1[0].weight.shape == (4, 1, 5, 5) and wide.block2[0].weight.shape == (8, 4, 5, 5)
-    assert wide.block3[0].weight.shape == (16, 8, 3, 3)
+    default = SmallCNN(width=4)
+    assert default.block1[0].weight.shape == (4, 1, 5, 5) and default.block2[0].weight.shape == (8, 4, 5, 5)
+    assert default.block3[0].weight.shape == (16, 8, 3, 3)
+    narrow = SmallCNN(width=4, kernel_size=3)
+    assert narrow.block1[0].weight.shape == (4, 1, 3, 3) and narrow.block2[0].weight.shape == (8, 4, 3, 3)
     inputs, _ = _batch()
-    assert wide.forward_features(inputs).shape == (6, 16) and wide(inputs).shape == (6, 10)
-    assert SmallCNN(width=4).block1[0].weight.shape[-1] == 3  # the default
+    for model in (default, narrow):
+        assert model.forward_features(inputs).shape == (6, 16) and model(inputs).shape == (6, 10)
     with pytest.raises(ValueError, match="positive odd number"):
         SmallCNN(kernel_size=4)
