@@ -1,13 +1,15 @@
 """SmallCNN with its defaults, plain ERM, on MNIST5k: test accuracy and NLL after a full fit.
 
 Trains ``SmallCNN()`` (defaults: width 32, 5 x 5 convolutions in the first two blocks, AdamW lr
-2e-3, weight decay 5e-4, cosine schedule over ``max_epochs``) on ``MNIST5kDataModule()`` (defaults: batch 128, random shifts of up to 2 pixels)
-for ``--epochs`` epochs with seed ``--seed``, then tests the final weights on the 1,000 test images.
+2e-3, weight decay 5e-4, cosine schedule over ``max_epochs``) on ``MNIST5kDataModule()``
+(defaults: batch 128, random shifts of up to 2 pixels) for ``--epochs`` epochs with seed
+``--seed``, then tests the final weights on the 1,000 test images.
 
 Usage: ``python benchmarks/demo_convergence.py [--epochs 30] [--seed 0] [--random-shift 2]``.
 The recipe screen of docs/benchmarks/demos.md varies ``--width``, ``--lr``, ``--weight-decay``,
 ``--batch-size``, ``--kernel-size`` (of the first two blocks) and adds a random affine transform
-of the training images (``--affine-degrees``, ``--affine-scale``: rotation up to that many degrees, scale in [1 - s, 1 + s], before the shift).
+of the training images (``--affine-degrees``, ``--affine-scale``: rotation up to that many
+degrees, scale in [1 - s, 1 + s], before the shift).
 """
 
 from __future__ import annotations
