@@ -113,8 +113,8 @@ class TinyViT(pl.LightningModule):
     grid is the ``patch_size`` grid either way.
 
     Training, evaluation and logging are :class:`SmallCNN`'s: soft cross-entropy (class indices or
-    the dense mixed targets of a mixing callback), ``train/loss``, ``train/acc``, ``val/acc``,
-    ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and ``test_step`` return
+    the dense mixed targets of a mixing callback) or the module given as ``loss``; ``train/loss``,
+    ``train/acc``, ``val/acc``, ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and ``test_step`` return
     ``{"logits", "loss"}``. The optimiser is AdamW with DeiT's decay rule (no weight decay on biases,
     norms, the class token and the positions); with ``cosine_schedule``, a per-step linear warmup
     over ``warmup_epochs`` epochs, then a cosine decay to 0 (:func:`warmup_cosine_factor`).
@@ -136,13 +136,15 @@ class TinyViT(pl.LightningModule):
         stem: str = "patch",
         stem_channels: int = 32,
         warmup_epochs: int = 0,
+        loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size}).")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0 (0: no warmup), got {warmup_epochs}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["loss"])
+        self.loss = loss
         self.patch_size = patch_size
         self.num_prefix_tokens = 1
         grid = image_size // patch_size

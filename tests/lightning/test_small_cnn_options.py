@@ -99,3 +99,14 @@ def test_kernel_size_sets_the_first_two_blocks_and_keeps_every_shape():
         assert model.forward_features(inputs).shape == (6, 16) and model(inputs).shape == (6, 10)
     with pytest.raises(ValueError, match="positive odd number"):
         SmallCNN(kernel_size=4)
+
+
+def test_tiny_vit_takes_the_same_loss_argument():
+    from lightning_mix.demos import TinyViT
+
+    torch.manual_seed(0)
+    loss = losses.FocalLoss(gamma=2.0)
+    vit = TinyViT(dim=16, depth=1, num_heads=2, loss=loss).eval()
+    inputs, targets = _batch(2)
+    assert torch.allclose(_training_loss(vit, inputs, targets), loss(vit(inputs), targets))
+    assert "loss" not in vit.hparams and TinyViT(dim=16, depth=1, num_heads=2).loss is None
