@@ -194,23 +194,11 @@ def store_predictions(run_dir: str | Path, probs: torch.Tensor, labels: torch.Te
 
 def _run_one(configs: list[str], seed: int, overrides: list[str], run_dir: Path) -> None:
     """Fit one (method, seed), predict, and store probabilities and labels atomically."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-
-    import lightning_mix.callbacks
-    import lightning_mix.demos  # noqa: F401
-    from lightning_mix.cli import LightningMixCLI
+    from lightning_mix.cli.lightning import build_cli
 
     args = [arg for c in configs for arg in ("--config", c)]
     args += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(run_dir), *overrides]
-    cli = LightningMixCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        run=False,
-        save_config_callback=None,
-    )
+    cli = build_cli(args, run=False, save_config_callback=None)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     if cli.trainer.interrupted:
         raise RuntimeError(f"The run in {run_dir} was interrupted; nothing was stored (run compare again to resume).")

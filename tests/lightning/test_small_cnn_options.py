@@ -8,10 +8,9 @@ import lightning
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule
 
 import lightning_mix.losses as losses
-from lightning_mix.cli import LightningMixCLI
+from lightning_mix.cli.lightning import build_cli
 from lightning_mix.demos import SmallCNN
 from lightning_mix.losses import soft_cross_entropy
 
@@ -54,17 +53,7 @@ def test_the_loss_module_is_not_a_saved_hyper_parameter(tmp_path):
 
 
 def _configured_model(*configs: Path) -> SmallCNN:
-    args = [arg for c in configs for arg in ("--config", str(c))]
-    cli = LightningMixCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        run=False,
-        save_config_callback=None,
-    )
-    return cli.model
+    return build_cli([arg for c in configs for arg in ("--config", str(c))], run=False).model
 
 
 def test_there_is_a_config_for_every_calibration_loss():
