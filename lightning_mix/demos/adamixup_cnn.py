@@ -30,6 +30,7 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
         lr: float = 2e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
+        kernel_size: int = 5,
         policy_hidden: int = 100,
         discriminator_hidden: int = 10,
         intrusion_weight: float = 1.0,
@@ -42,9 +43,10 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
             lr=lr,
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
+            kernel_size=kernel_size,
         )
         policy_trunk = nn.Sequential(
-            *_conv_trunk(in_channels, width),
+            *_conv_trunk(in_channels, width, kernel_size),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(1),
         )

@@ -31,6 +31,7 @@ class AdAutoMixSmallCNN(AdAutoMixMixin, SmallCNN):
         lr: float = 2e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
+        kernel_size: int = 5,
         generator_lr: float | None = None,
         mix_samples: int = 3,
         alpha: float = 1.0,
@@ -50,6 +51,7 @@ class AdAutoMixSmallCNN(AdAutoMixMixin, SmallCNN):
             lr=lr,
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
+            kernel_size=kernel_size,
         )
         if generator_lr is not None and not generator_lr > 0:
             raise ValueError(f"generator_lr must be positive (or None for lr), got {generator_lr}.")

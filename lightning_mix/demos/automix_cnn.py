@@ -26,9 +26,10 @@ class AutoMixSmallCNN(AutoMixMixin, SmallCNN):
 
     The same module as the documented subclass pattern
     ``class AutoMixCNN(AutoMixMixin, SmallCNN)`` with ``configure_automix(feature_layer="block2",
-    feature_channels=2 * width)``, with every option of :class:`SmallCNN` (network, AdamW
-    optimiser, cosine schedule) and of :meth:`~lightning_mix.mixins.AutoMixMixin.configure_automix`
-    (defaults: the authors' CIFAR ResNet-18 config) as typed ``__init__`` arguments, so LightningCLI
+    feature_channels=2 * width)``, with every option of :class:`SmallCNN` (network, kernel
+    size, AdamW optimiser, cosine schedule; not ``loss``, the training step being AutoMix's) and
+    of :meth:`~lightning_mix.mixins.AutoMixMixin.configure_automix` (defaults: the authors' CIFAR
+    ResNet-18 config) as typed ``__init__`` arguments, so LightningCLI
     builds it from YAML (examples/mnist5k_automix.yaml). ``feature_channels=None`` takes the
     channel count of ``feature_layer`` when it is one of SmallCNN's blocks (``block2``: ``2 * width``).
     The Mix Block reads ``forward`` and batches ``(inputs, labels)``. Evaluation, logging and
@@ -44,6 +45,7 @@ class AutoMixSmallCNN(AutoMixMixin, SmallCNN):
         lr: float = 2e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
+        kernel_size: int = 5,
         feature_layer: str = "block2",
         feature_channels: int | None = None,
         alpha: float = 2.0,
@@ -67,6 +69,7 @@ class AutoMixSmallCNN(AutoMixMixin, SmallCNN):
             lr=lr,
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
+            kernel_size=kernel_size,
         )
         self.configure_automix(
             feature_layer=feature_layer,
@@ -106,6 +109,7 @@ class SAMixSmallCNN(SAMixMixin, SmallCNN):
         lr: float = 2e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
+        kernel_size: int = 5,
         feature_layer: str = "block2",
         feature_channels: int | None = None,
         alpha: float = 2.0,
@@ -132,6 +136,7 @@ class SAMixSmallCNN(SAMixMixin, SmallCNN):
             lr=lr,
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
+            kernel_size=kernel_size,
         )
         self.configure_samix(
             feature_layer=feature_layer,

@@ -30,6 +30,7 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
         lr: float = 2e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
+        kernel_size: int = 5,
         mixer: BatchMixer | RandomChoice | None = None,
         gamma: float = 0.1,
         seed: int | None = None,
@@ -41,6 +42,7 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
             lr=lr,
             weight_decay=weight_decay,
             cosine_schedule=cosine_schedule,
+            kernel_size=kernel_size,
         )
         # the mixer object stays out of the checkpoint's hyperparameters, which Lightning loads with
         # weights_only=True when fit resumes (plain values only); LightningCLI's config.yaml records it

@@ -108,7 +108,7 @@ def test_merge_refuses_mismatch_and_leaves_no_file(tmp_path):
     _checkpoint(tmp_path / "wide.ckpt", 2, width=8)
     out = tmp_path / "merged.ckpt"
     with pytest.raises(
-        SystemExit, match=r"shape mismatch at 'block1.0.weight': \(4, 1, 3, 3\) in base but \(8, 1, 3, 3\) in model 1"
+        SystemExit, match=r"shape mismatch at 'block1.0.weight': \(4, 1, 5, 5\) in base but \(8, 1, 5, 5\) in model 1"
     ):
         merge_main(
             [
