@@ -27,7 +27,7 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
         num_classes: int = 10,
         in_channels: int = 1,
         width: int = 32,
-        lr: float = 2e-3,
+        lr: float = 3e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
         kernel_size: int = 5,

@@ -28,7 +28,7 @@ class AdAutoMixSmallCNN(AdAutoMixMixin, SmallCNN):
         num_classes: int = 10,
         in_channels: int = 1,
         width: int = 32,
-        lr: float = 2e-3,
+        lr: float = 3e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
         kernel_size: int = 5,

@@ -60,7 +60,7 @@ class SmallCNN(pl.LightningModule):
         num_classes: int = 10,
         in_channels: int = 1,
         width: int = 32,
-        lr: float = 2e-3,
+        lr: float = 3e-3,
         weight_decay: float = 5e-4,
         cosine_schedule: bool = True,
         loss: nn.Module | None = None,

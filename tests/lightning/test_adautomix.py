@@ -123,7 +123,8 @@ def test_exact_resume_of_classifier_generator_target_network_optimisers_and_sche
         for key in state_a:
             for name in ("exp_avg", "exp_avg_sq", "step"):
                 torch.testing.assert_close(state_a[key][name], state_b[key][name], rtol=0, atol=0)
-        assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"] < 2e-3  # the cosine schedule stepped
+        initial_lr = opt_a.param_groups[0]["initial_lr"]
+        assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"] < initial_lr  # the cosine schedule stepped
     assert straight._automix_rng.counter == resumed._automix_rng.counter == 6
     assert straight._automix_synced_step == resumed._automix_synced_step == 5
 
