@@ -119,18 +119,17 @@ def task_accuracies(model, d, split):
 
 @torch.no_grad()
 def test_probabilities(models, d):
-    """Class probabilities and labels on the concatenated test images of every task, in TASKS order.
+    """``{task: (class probabilities, labels)}`` on each task's test images, in TASKS order.
 
     ``models`` is one model for every task, or ``{task: model}`` (each fine-tuned model on its task).
     """
-    probs, labels = [], []
+    out = {}
     for t in TASKS:
         model = models[t] if isinstance(models, dict) else models
         x, y = d[t]["test"]
         model.eval()
-        probs.append(torch.cat([model(x[i : i + 500]).softmax(-1) for i in range(0, len(x), 500)]))
-        labels.append(y)
-    return torch.cat(probs), torch.cat(labels)
+        out[t] = (torch.cat([model(x[i : i + 500]).softmax(-1) for i in range(0, len(x), 500)]), y)
+    return out
 
 
 def main() -> None:
@@ -198,14 +197,15 @@ def main() -> None:
         rows: list[tuple[str, dict[str, float], str]] = []
 
         def report(name, folder, model, note=""):
-            """A table row for ``model`` (or ``{task: model}``), and its stored predictions with --predictions."""
-            if isinstance(model, dict):
-                accuracies = {t: evaluate(m, *d[t]["test"])[0] for t, m in model.items()}
-            else:
-                accuracies = task_accuracies(model, d, "test")
-            rows.append((name, accuracies, note))
+            """A table row for ``model`` (or ``{task: model}``), and its stored predictions with --predictions.
+
+            One pass over the test images gives both: the accuracies are read from the probabilities.
+            """
+            per_task = test_probabilities(model, d)
+            rows.append((name, {t: float((p.argmax(-1) == y).float().mean()) for t, (p, y) in per_task.items()}, note))
             if args.predictions is not None:
-                probs, labels = test_probabilities(model, d)
+                probs = torch.cat([p for p, _ in per_task.values()])
+                labels = torch.cat([y for _, y in per_task.values()])
                 store_predictions(args.predictions / folder / f"seed={args.seed}", probs, labels, args.seed)
 
         report("base (upright only)", "base", base)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,7 +172,9 @@ def _run_dir(output: Path, method: str, seed: int) -> Path:
     return output / method / f"seed={seed}"
 
 
-def store_predictions(run_dir: str | Path, probs: torch.Tensor, labels: torch.Tensor, seed: int, configs=()) -> Path:
+def store_predictions(
+    run_dir: str | Path, probs: torch.Tensor, labels: torch.Tensor, seed: int, configs: Sequence[str] = ()
+) -> Path:
     """Store one run's test predictions where ``compare`` reads them: ``run_dir/predictions.pt``.
 
     ``run_dir`` is ``OUTPUT/METHOD/seed=SEED`` for a seeded comparison. ``probs`` are class

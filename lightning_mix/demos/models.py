@@ -37,8 +37,8 @@ def _conv_trunk(in_channels: int, width: int, kernel_size: int = 3) -> list[nn.S
 class SmallCNN(pl.LightningModule):
     """Three conv-BN-ReLU blocks, global average pooling and a linear head.
 
-    ``kernel_size`` (odd) sets the convolutions of the first two blocks: 5 by default (since
-    2026-12-01; 3 before, half the multiply-adds per image, a smaller receptive field).
+    ``kernel_size`` (odd) sets the convolutions of the first two blocks: 5 by default; 3 is the
+    earlier network (half the multiply-adds per image, a smaller receptive field).
 
     Trains with ``loss(logits, targets)``: by default
     :func:`~lightning_mix.losses.soft_cross_entropy`, or any loss module given as ``loss`` (e.g. a

@@ -114,10 +114,11 @@ class TinyViT(pl.LightningModule):
 
     Training, evaluation and logging are :class:`SmallCNN`'s: soft cross-entropy (class indices or
     the dense mixed targets of a mixing callback) or the module given as ``loss``; ``train/loss``,
-    ``train/acc``, ``val/acc``, ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and ``test_step`` return
-    ``{"logits", "loss"}``. The optimiser is AdamW with DeiT's decay rule (no weight decay on biases,
-    norms, the class token and the positions); with ``cosine_schedule``, a per-step linear warmup
-    over ``warmup_epochs`` epochs, then a cosine decay to 0 (:func:`warmup_cosine_factor`).
+    ``train/acc``, ``val/acc``, ``val/nll``, ``test/acc``, ``test/nll``; ``validation_step`` and
+    ``test_step`` return ``{"logits", "loss"}``. The optimiser is AdamW with DeiT's decay rule (no
+    weight decay on biases, norms, the class token and the positions); with ``cosine_schedule``, a
+    per-step linear warmup over ``warmup_epochs`` epochs, then a cosine decay to 0
+    (:func:`warmup_cosine_factor`).
     """
 
     def __init__(
