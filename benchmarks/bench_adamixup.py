@@ -29,6 +29,8 @@ from lightning_mix.demos import AdaMixUpSmallCNN, MNIST5kDataModule, SmallCNN
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import Mixup, dense_targets
 
+from _harness import saved_tensor_bytes
+
 __all__ = ["main"]
 
 
@@ -65,18 +67,7 @@ def make_step(method: str, width: int):
         optimizer.step()
 
     def saved_bytes(x: torch.Tensor, y: torch.Tensor) -> int:
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = loss_of(x, y)
-        loss.backward()
-        optimizer.zero_grad(set_to_none=True)
-        return sum(seen.values())
+        return saved_tensor_bytes(loss_of, x, y, optimizers=[optimizer])
 
     def extra_state_bytes() -> int:
         if not method.startswith("adamixup"):

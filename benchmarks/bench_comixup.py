@@ -12,38 +12,19 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from lightning_mix.demos import MNIST5kDataModule, SmallCNN
+from lightning_mix.demos import SmallCNN
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import CutMix, dense_targets
 from lightning_mix.mixing.comixup import CoMixer, comixup_objective, solve_comixup
 from lightning_mix.mixing.input_saliency import input_gradient_saliency
 
-
-def _batch(n: int = 128):
-    dm = MNIST5kDataModule(batch_size=n)
-    dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
-    return x, dense_targets(y, 10)
-
-
-def measure(contenders: dict, repeats: int, warmup: int = 1) -> dict:
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.process_time()
-            fn()
-            times[name].append(time.process_time() - start)
-    return {name: (min(v), statistics.median(v)) for name, v in times.items()}
+from _harness import mnist5k_batch, time_interleaved
 
 
 def part_gap() -> None:
@@ -77,7 +58,8 @@ def main() -> None:
         part_gap()
         return
     torch.manual_seed(0)
-    x, t = _batch()
+    x, y = mnist5k_batch()
+    t = dense_targets(y, 10)
     model = SmallCNN(width=32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
@@ -102,7 +84,7 @@ def main() -> None:
         "Co-Mixup: saliency pass alone": lambda: input_gradient_saliency(model, x, t),
         "Co-Mixup: mixer alone (solver, composition)": lambda: comix(x, t, saliency, g),
     }
-    results = measure(contenders, args.repeats)
+    results = time_interleaved(contenders, args.repeats, warmup=1, clock=time.process_time)
     erm, cut = results["ERM"][0], results["CutMix"][0]
     print(f"torch {torch.__version__}, {platform.machine()}, threads {torch.get_num_threads()}, batch {x.shape[0]}")
     print("| step | best CPU ms | median CPU ms | / ERM | / CutMix |")

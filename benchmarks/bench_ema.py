@@ -115,6 +115,8 @@ def bench_fit(epochs: int, repeats: int) -> dict[str, float]:
     from lightning_mix.callbacks.ema import EMA
     from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
+    from _harness import quiet_trainer
+
     hook_seconds: list[float] = []
 
     def timed(fn):
@@ -143,14 +145,9 @@ def bench_fit(epochs: int, repeats: int) -> dict[str, float]:
                 setattr(ema, hook, timed(getattr(ema, hook)))  # Lightning looks hooks up on the instance
             hook_seconds.append(0.0)
             callbacks = [ema]
-        trainer = pl.Trainer(
-            accelerator="cpu",
+        trainer = quiet_trainer(
             devices=1,
             max_epochs=epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             num_sanity_val_steps=0,
             callbacks=callbacks,
         )

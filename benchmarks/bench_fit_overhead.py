@@ -27,6 +27,8 @@ from lightning_mix.callbacks import EMA, MixingCallback, ModelSoup
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.mixing import CutMix, Mixup, RandomChoice
 
+from _harness import quiet_trainer
+
 
 def timed_hooks(callback: pl.Callback, spent: list[float]) -> pl.Callback:
     """Wrap the callback's hooks (instance attributes shadow the class's) to add their wall time to spent[0]
@@ -63,13 +65,8 @@ def fit_seconds(variant: str, epochs: int, workdir: str) -> tuple[float, float, 
     elif variant.startswith("soup-bn"):  # BatchNorm recalibrated on N training samples
         soup = ModelSoup(dirpath=tempfile.mkdtemp(dir=workdir), bn_samples=int(variant.removeprefix("soup-bn")))
         callbacks.append(timed_hooks(soup, spent))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
     )
     start, start_cpu = time.perf_counter(), time.process_time()

@@ -34,6 +34,8 @@ from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import Mixup, dense_targets
 from lightning_mix.mixins import AutoMixMixin, SAMixMixin
 
+from _harness import saved_tensor_bytes
+
 
 class AutoMixCNN(AutoMixMixin, SmallCNN):
     def __init__(self, width: int = 32) -> None:
@@ -86,19 +88,7 @@ def make_step(method: str, width: int):
         counter[0] += 1
 
     def saved_bytes(x: torch.Tensor, y: torch.Tensor) -> int:
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = loss_of(x, y)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        return sum(seen.values())
+        return saved_tensor_bytes(loss_of, x, y, optimizers=optimizers)
 
     def extra_state_bytes() -> int:
         if method not in LEARNED:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import torch
@@ -29,27 +28,7 @@ from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import CutMix, FMix, Mixup, ResizeMix, SaliencyMix, box_corners, dense_targets, paste_boxes
 from lightning_mix.mixing.mixers import resize_paste
 
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(contenders: dict, repeats: int, device, warmup: int = 2) -> dict:
-    """Median and best seconds per call for each contender, interleaved round-robin."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+from _harness import time_interleaved
 
 
 def bench_mixers(batch, size, num_classes, repeats, device):
@@ -78,13 +57,15 @@ def bench_mixers(batch, size, num_classes, repeats, device):
             else v2.CutMix(alpha=1.0, num_classes=num_classes)
         )
         contenders["torchvision batch"] = lambda tv=tv: tv(x, y)
-        res = measure(contenders, repeats, device)
+        res = time_interleaved(contenders, repeats, device=device)
         for mode in ("batch", "pair", "elem"):
             ours_t, timm_t = res[f"ours {mode}"], res[f"timm {mode}"]
-            rows.append((kind, mode, ours_t, timm_t, timm_t[1] / ours_t[1], res["timm elem"][1] / ours_t[1], "timm"))
+            rows.append(
+                (kind, mode, ours_t, timm_t, timm_t.best / ours_t.best, res["timm elem"].best / ours_t.best, "timm")
+            )
         tv_t = res["torchvision batch"]
         rows.append(
-            (kind, "batch", res["ours batch"], tv_t, tv_t[1] / res["ours batch"][1], float("nan"), "torchvision v2")
+            (kind, "batch", res["ours batch"], tv_t, tv_t.best / res["ours batch"].best, float("nan"), "torchvision v2")
         )
     others = {
         f"{name} {mode}": (lambda m=m: m(x, dense_targets(y, num_classes), g))
@@ -92,7 +73,7 @@ def bench_mixers(batch, size, num_classes, repeats, device):
         for mode in ("batch", "elem")
         for m in [cls(mode=mode)]
     }
-    other_res = measure(others, max(3, repeats // 3), device, warmup=1)
+    other_res = time_interleaved(others, max(3, repeats // 3), warmup=1, device=device)
     return rows, other_res
 
 
@@ -122,7 +103,7 @@ def bench_fast_paths(batch, size, repeats):
         "ResizeMix fast": lambda: resizemix(x, t, torch.Generator().manual_seed(0)),
         "ResizeMix general": resizemix_general,
     }
-    return measure(contenders, repeats, torch.device("cpu"))
+    return time_interleaved(contenders, repeats)
 
 
 def bench_loss(batch, classes, repeats, device):
@@ -136,8 +117,10 @@ def bench_loss(batch, classes, repeats, device):
 
         return run
 
-    return measure(
-        {"F.cross_entropy": step(F.cross_entropy), "soft_cross_entropy": step(soft_cross_entropy)}, repeats, device
+    return time_interleaved(
+        {"F.cross_entropy": step(F.cross_entropy), "soft_cross_entropy": step(soft_cross_entropy)},
+        repeats,
+        device=device,
     )
 
 
@@ -171,11 +154,11 @@ def main():
         )
         for kind, mode, ours_t, anchor_t, ratio, vs_elem, anchor in rows:
             print(
-                f"{kind:8s} {mode:6s} {ours_t[0] * 1e3:8.2f} /{ours_t[1] * 1e3:7.2f} {anchor_t[0] * 1e3:8.2f} /{anchor_t[1] * 1e3:7.2f}"
+                f"{kind:8s} {mode:6s} {ours_t.median * 1e3:8.2f} /{ours_t.best * 1e3:7.2f} {anchor_t.median * 1e3:8.2f} /{anchor_t.best * 1e3:7.2f}"
                 f" {ratio:11.2f} {vs_elem:14.2f}  {anchor} {mode if anchor == 'timm' else 'batch (roll)'}"
             )
-        for key, (med, best) in others.items():
-            print(f"{key:18s} {med * 1e3:8.2f} / {best * 1e3:7.2f} ms (no anchor)")
+        for key, timing in others.items():
+            print(f"{key:18s} {timing.median * 1e3:8.2f} / {timing.best * 1e3:7.2f} ms (no anchor)")
     if device.type == "cpu":
         print("\n## CPU batch-mode fast paths against the general path on the same tensors (ms: median / best)")
         for batch, size in ((256, 32), (128, 224)):
@@ -183,17 +166,17 @@ def main():
             for kind in ("CutMix", "ResizeMix"):
                 fast, general = res[f"{kind} fast"], res[f"{kind} general"]
                 print(
-                    f"B={batch} 3x{size}x{size} {kind:9s}: fast {fast[0] * 1e3:7.2f} / {fast[1] * 1e3:7.2f}"
-                    f"  general {general[0] * 1e3:7.2f} / {general[1] * 1e3:7.2f}"
-                    f"  general/fast (best) {general[1] / fast[1]:5.2f}"
+                    f"B={batch} 3x{size}x{size} {kind:9s}: fast {fast.median * 1e3:7.2f} / {fast.best * 1e3:7.2f}"
+                    f"  general {general.median * 1e3:7.2f} / {general.best * 1e3:7.2f}"
+                    f"  general/fast (best) {general.best / fast.best:5.2f}"
                 )
     print("\n## soft_cross_entropy vs F.cross_entropy with probability targets, forward + backward (us: median / best)")
     for batch, classes in ((256, 10), (256, 1000), (1024, 1000)):
         res = bench_loss(batch, classes, max(args.repeats * 4, 20), device)
         ce, ours = res["F.cross_entropy"], res["soft_cross_entropy"]
         print(
-            f"B={batch:5d} C={classes:5d}: F.ce {ce[0] * 1e6:8.1f} / {ce[1] * 1e6:8.1f}  ours {ours[0] * 1e6:8.1f} / {ours[1] * 1e6:8.1f}"
-            f"  F.ce/ours (best) {ce[1] / ours[1]:5.2f}"
+            f"B={batch:5d} C={classes:5d}: F.ce {ce.median * 1e6:8.1f} / {ce.best * 1e6:8.1f}  ours {ours.median * 1e6:8.1f} / {ours.best * 1e6:8.1f}"
+            f"  F.ce/ours (best) {ce.best / ours.best:5.2f}"
         )
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 

@@ -32,7 +32,6 @@ import functools
 import itertools
 import platform
 import statistics
-import time
 
 import torch
 
@@ -51,13 +50,13 @@ from lightning_mix.mixing.puzzle_adversarial import PixelScale, fgsm_perturbatio
 from lightning_mix.mixing.puzzlemix import PuzzleMixer, puzzle_energy
 from lightning_mix.mixing.transport import permute_blocks, transport_sources
 
+from _harness import mnist5k_batch, time_interleaved
+
 BLOCK_NUMS = (2, 4, 7, 14)
 
 
 def _batch(n: int = 128):
-    dm = MNIST5kDataModule(batch_size=n)
-    dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
+    x, y = mnist5k_batch(n)
     return x, dense_targets(y, 10)
 
 
@@ -67,19 +66,6 @@ def _saliency(model, x, t):
         return input_gradient_saliency(model, x, t)
     finally:
         model.train()
-
-
-def measure(contenders: dict, repeats: int, warmup: int = 2) -> dict:
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (min(v), statistics.median(v)) for name, v in times.items()}
 
 
 def part_steps(repeats: int) -> None:
@@ -121,7 +107,7 @@ def part_steps(repeats: int) -> None:
                 hook.remove()
 
         contenders[f"AlignMixup features, threshold={threshold}"] = aligned
-    results = measure(contenders, repeats)
+    results = time_interleaved(contenders, repeats)
     erm, cut = results["ERM"][0], results["CutMix"][0]
     print(
         f"\nStep times, SmallCNN(width=32), batch 128x1x28x28, {torch.get_num_threads()} thread(s), "
@@ -156,7 +142,7 @@ def part_steps(repeats: int) -> None:
             return torch.lerp(partner, own, full)
 
         parts[f"transport+compose n={n}"] = transport
-    split = measure(parts, repeats)
+    split = time_interleaved(parts, repeats)
     print("\n| PuzzleMix part | best ms | median ms |\n|---|---|---|")
     for name, (best, med) in split.items():
         print(f"| {name} | {best * 1e3:.2f} | {med * 1e3:.2f} |")
@@ -272,7 +258,7 @@ def part_options(repeats: int) -> None:
     for name, (adversarial, clean_lam) in variants.items():
         for n in BLOCK_NUMS:
             contenders[f"PuzzleMix {name} n={n}"] = functools.partial(puzzle, n, adversarial, clean_lam)
-    results = measure(contenders, repeats)
+    results = time_interleaved(contenders, repeats)
     erm_best = results["ERM"][0]
     print(
         f"\nPuzzleMix options, SmallCNN(width=32), batch 128x1x28x28, torch solver, {torch.get_num_threads()} "

@@ -18,40 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import torch
 
-from lightning_mix.demos import MNIST5kDataModule, SUMixSmallCNN
+from lightning_mix.demos import SUMixSmallCNN
 from lightning_mix.losses import soft_cross_entropy
 from lightning_mix.mixing import CutMix, dense_targets
 from lightning_mix.mixing.sumix import corrected_lam, semantic_distances, uncertainty_loss
 
-
-def _batch(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = MNIST5kDataModule(batch_size=n)
-    dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
-    return x, y
-
-
-def measure(contenders: dict, repeats: int, warmup: int = 3) -> dict:
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (min(v), statistics.median(v)) for name, v in times.items()}
+from _harness import mnist5k_batch, time_interleaved
 
 
 def main(repeats: int) -> None:
     torch.manual_seed(0)
-    x, y = _batch()
+    x, y = mnist5k_batch()
     t = dense_targets(y, 10)
     model = SUMixSmallCNN(width=32, seed=0)
     model.train()
@@ -83,7 +63,9 @@ def main(repeats: int) -> None:
         corrected_lam(lam, own, partner, y, index)
         uncertainty_loss(own, partner, logits[2], logits[3], y, index, lam)
 
-    results = measure({"ERM": erm, "CutMix": cut, "SUMix": sumix, "SUMix rule only": rule_only}, repeats)
+    results = time_interleaved(
+        {"ERM": erm, "CutMix": cut, "SUMix": sumix, "SUMix rule only": rule_only}, repeats, warmup=3
+    )
     erm_best, cut_best = results["ERM"][0], results["CutMix"][0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(

@@ -20,7 +20,6 @@ import platform
 import statistics
 import time
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
@@ -29,6 +28,8 @@ from lightning_mix.callbacks import MixingCallback, TLAlign, TokenShuffle, Trans
 from lightning_mix.demos import SMMixTinyViT, TinyViT
 from lightning_mix.mixing import CutMix
 from lightning_mix.mixing.patch_grid import PatchCutMix
+
+from _harness import quiet_trainer
 
 
 class StepTimer(Callback):
@@ -73,13 +74,8 @@ MODELS = {
 def run(name: str, make_callback, data, batch_size: int, steps: int, skip: int, model_args: dict) -> StepTimer:
     torch.manual_seed(0)
     timer = StepTimer(skip)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps + skip,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[timer, *(made if isinstance(made := make_callback(), list) else [made])],
     )
     model = MODELS[name](model_args) if name in MODELS else TinyViT(**model_args)

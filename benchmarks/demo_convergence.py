@@ -24,18 +24,7 @@ from torchvision.transforms import v2
 
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 
-
-class _PrintValidation(pl.Callback):
-    """Prints val/acc and val/nll after every epoch (the convergence curve)."""
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            metrics = trainer.callback_metrics
-            print(
-                f"epoch {trainer.current_epoch + 1}: val/acc={float(metrics['val/acc']):.4f} "
-                f"val/nll={float(metrics['val/nll']):.4f}",
-                flush=True,
-            )
+from _harness import PrintValidation, quiet_trainer
 
 
 class _AffineTrainSet(Dataset):
@@ -67,14 +56,9 @@ def main() -> None:
     parser.add_argument("--affine-scale", type=float, default=0.0)
     args = parser.parse_args()
     pl.seed_everything(args.seed)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[_PrintValidation()],
+        callbacks=[PrintValidation()],
     )
     data = MNIST5kDataModule(batch_size=args.batch_size, random_shift=args.random_shift)
     if args.affine_degrees or args.affine_scale:

@@ -36,6 +36,8 @@ from lightning_mix.callbacks.swa import SWA
 from lightning_mix.demos import MNIST5kDataModule, SmallCNN
 from lightning_mix.metrics import calibration_error
 
+from _harness import quiet_trainer
+
 METHODS = ("last", "EMA", "SWA", "uniform soup", "greedy soup")
 
 
@@ -71,14 +73,9 @@ def run(noise: float, seed: int, epochs: int, width: int, workdir: str) -> dict[
         bn_samples=1280,
         owns_final_weights=False,  # the soups are read from their files; the module keeps the trained weights
     )
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[ema, swa, soup],
     )
     with warnings.catch_warnings():

@@ -41,6 +41,8 @@ from lightning_mix.data import CMixupDataModule
 from lightning_mix.demos import DiabetesDataModule, MLPRegressor
 from lightning_mix.mixing import CMixupBatchSampler, Mixup
 
+from _harness import quiet_trainer
+
 
 def _setup(method: str, seed: int, bandwidth: float):
     data = DiabetesDataModule(batch_size=32, seed=0)
@@ -58,14 +60,9 @@ def run(method: str, seed: int, epochs: int, bandwidth: float) -> float:
     pl.seed_everything(seed, verbose=False)
     model = MLPRegressor(hidden=64, depth=2, lr=3e-3)
     data, callbacks = _setup(method, seed, bandwidth)
-    pl.Trainer(
-        accelerator="cpu",
+    quiet_trainer(
         devices=1,
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=callbacks,

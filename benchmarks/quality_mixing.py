@@ -42,6 +42,8 @@ from lightning_mix.metrics import calibration_error
 from lightning_mix.mixing import Mixup
 from lightning_mix.mixins import RankMixupMixin
 
+from _harness import quiet_trainer
+
 
 class MLPClassifier(pl.LightningModule):
     """784-256-256-10 MLP with named hidden layers; trains with soft cross-entropy (dense targets welcome)."""
@@ -92,14 +94,9 @@ class StepTimer(pl.Callback):
 
 
 def _trainer(epochs: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
+    return quiet_trainer(
         devices=1,
         max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=callbacks,

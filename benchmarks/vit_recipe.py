@@ -24,18 +24,7 @@ from lightning_mix.callbacks import MixingCallback
 from lightning_mix.demos import MNIST5kDataModule, TinyViT
 from lightning_mix.mixing import CutMix
 
-
-class _PrintValidation(pl.Callback):
-    """Prints val/acc and val/nll every ``every`` epochs (the convergence curve)."""
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if not trainer.sanity_checking and (epoch % self.every == 0 or epoch == trainer.max_epochs):
-            metrics = trainer.callback_metrics
-            print(f"epoch {epoch}: val/acc={float(metrics['val/acc']):.4f} val/nll={float(metrics['val/nll']):.4f}")
+from _harness import PrintValidation, quiet_trainer
 
 
 def main() -> None:
@@ -58,17 +47,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     args = parser.parse_args()
     pl.seed_everything(args.seed, verbose=False)
-    callbacks: list[pl.Callback] = [_PrintValidation(args.print_every)]
+    callbacks: list[pl.Callback] = [PrintValidation(args.print_every)]
     if args.mixing == "cutmix":
         callbacks.insert(0, MixingCallback(CutMix(alpha=1.0, mode="batch")))
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=args.epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
     )
     model = TinyViT(
