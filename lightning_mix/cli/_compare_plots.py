@@ -27,21 +27,28 @@ def metric_plot_file(metric: str) -> str:
 
 
 def metric_figure(rows: list[dict[str, object]], metric: str, interval_label: str):
-    """One horizontal error bar per method: the estimate and its (``low``, ``high``) or ± ``sd`` bar."""
+    """One horizontal bar per method from ``low`` to ``high`` (or the estimate ± ``sd``), and the estimate.
+
+    A bar is drawn where the interval lies, even when it does not contain the estimate: a percentile
+    bootstrap interval of a biased metric (ECE is biased upwards under resampling) can sit above it.
+    """
     from matplotlib.figure import Figure
 
     cells = [r for r in rows if r["metric"] == metric]
     methods = [str(r["method"]) for r in cells]
     estimates = [float(r["estimate"]) for r in cells]
     if all("low" in r for r in cells):
-        below = [e - float(r["low"]) for e, r in zip(estimates, cells)]
-        above = [float(r["high"]) - e for e, r in zip(estimates, cells)]
+        lows = [float(r["low"]) for r in cells]
+        highs = [float(r["high"]) for r in cells]
     else:  # 5x2cv rows: mean and standard deviation over the held-out halves
-        below = above = [float(r["sd"]) for r in cells]
+        lows = [e - float(r["sd"]) for e, r in zip(estimates, cells)]
+        highs = [e + float(r["sd"]) for e, r in zip(estimates, cells)]
     fig = Figure(figsize=(5.0, 0.6 * len(methods) + 1.4), layout="constrained")
     ax = fig.subplots()
     positions = list(range(len(methods)))[::-1]  # first method on top
-    ax.errorbar(estimates, positions, xerr=[below, above], fmt="o", color="tab:blue", capsize=4)
+    ax.plot(estimates, positions, "o", color="tab:blue")
+    ax.hlines(positions, lows, highs, color="tab:blue")
+    ax.plot(lows + highs, positions + positions, "|", color="tab:blue", markersize=10)  # the bars' ends
     ax.set_yticks(positions, methods)
     ax.set_ylim(-0.6, len(methods) - 0.4)
     better = "lower is better" if metric in _LOWER_IS_BETTER else "higher is better"

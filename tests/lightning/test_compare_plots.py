@@ -36,6 +36,21 @@ def test_metric_figure_draws_each_estimate_with_its_interval():
     assert "lower is better" in ax.get_xlabel()
 
 
+def test_metric_figure_draws_an_interval_that_does_not_contain_its_estimate():
+    # a percentile bootstrap interval of ECE can lie above the point estimate (ECE is biased upwards);
+    # the bar is drawn where the interval is, not refused
+    rows = [{"method": "erm", "metric": "ece", "estimate": 0.0125, "low": 0.0131, "high": 0.0220}]
+    ax = _compare_plots.metric_figure(rows, "ece", "95% interval").axes[0]
+    assert list(ax.lines[0].get_xdata()) == pytest.approx([0.0125])
+    assert [tuple(s[:, 0]) for s in ax.collections[0].get_segments()] == [pytest.approx((0.0131, 0.0220))]
+
+
+def test_metric_figure_of_5x2cv_rows_draws_the_mean_plus_and_minus_one_sd():
+    rows = [{"method": "erm", "metric": "accuracy", "estimate": 0.9, "sd": 0.02}]
+    ax = _compare_plots.metric_figure(rows, "accuracy", "± 1 sd").axes[0]
+    assert [tuple(s[:, 0]) for s in ax.collections[0].get_segments()] == [pytest.approx((0.88, 0.92))]
+
+
 def test_reliability_panels_show_each_methods_pooled_bin_accuracy():
     pooled = {"erm": _predictions(0), "mixup": _predictions(1)}
     fig = _compare_plots.reliability_figure(pooled, n_bins=10)
