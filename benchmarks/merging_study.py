@@ -23,8 +23,8 @@ batches, DARE's masks, the BatchNorm and Fisher samples; ``--seed 0`` is the sin
 and ``--predictions DIR`` stores each model's class probabilities on the concatenated test images
 of all tasks in ``lightning-mix compare``'s layout (``DIR/METHOD/seed=S/predictions.pt``), so that
 
-    for s in 0 1 2 3 4; do python benchmarks/merging_study.py --seed $s --skip-barrier --predictions studies/merging; done
-    lightning-mix compare --stored --output studies/merging --seeds 0 1 2 3 4 --method uniform_soup \
+    for s in 0 1 2 3 4; do python benchmarks/merging_study.py --seed $s --skip-barrier --predictions benchmarks/studies/merging; done
+    lightning-mix compare --stored --output benchmarks/studies/merging --seeds 0 1 2 3 4 --method uniform_soup \
         --method task_arithmetic --method ties ...
 
 reports every merge against the uniform soup (``benchmarks/studies.sh merging`` runs both steps).

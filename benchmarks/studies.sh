@@ -9,10 +9,12 @@
 # trained with each calibration loss of lightning_mix.losses), merging and merging-subsets (the
 # merges of benchmarks/merging_study.py, one run of the script per seed, then compare --stored),
 # vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
-# studies/ (results.md, results.csv, each run's test predictions). compare resumes: a finished
+# benchmarks/studies/ (results.md, results.csv, plots, each run's test predictions); git tracks the
+# predictions (METHOD/seed=SEED/predictions.pt, about 40 kB each) and nothing else there, so the
+# runs behind a docs table travel with the repository and `--stored` redoes the table. compare resumes: a finished
 # (method, seed) run is not run again, so running the script with more seeds, or again after an
 # interruption, only runs what is missing. The SmallCNN studies train every run for $EPOCHS epochs
-# (default 30) and write to studies/STUDY-${EPOCHS}ep/, so runs of different lengths never mix
+# (default 30) and write to benchmarks/studies/STUDY-${EPOCHS}ep/, so runs of different lengths never mix
 # (EPOCHS=10 bash benchmarks/studies.sh mixing); the ViT study trains for the 30 epochs of
 # examples/mnist5k_vit.yaml. The table is computed from the stored test predictions. Seeds given
 # one at a time (`... vit 0`, then `... vit 0 1`, ...) fill the table seed by seed for every method.
@@ -85,14 +87,14 @@ compare_smallcnn() {
   local output=$1 methods_name=$2
   shift 2
   local -n methods=$methods_name
-  lightning-mix compare "${methods[@]}" --seeds "${seeds[@]}" --output "studies/${output}-${epochs}ep" "${extra[@]}" \
+  lightning-mix compare "${methods[@]}" --seeds "${seeds[@]}" --output "benchmarks/studies/${output}-${epochs}ep" "${extra[@]}" \
     -- --trainer.max_epochs "$epochs" "$@" "${common[@]}"
 }
 noise=(--data.init_args.label_noise 0.3)
 
 # merging_study OUTPUT_NAME [SCRIPT ARGUMENTS...]: one script run per seed not stored yet, then the report.
 merging_study() {
-  local output=studies/$1
+  local output=benchmarks/studies/$1
   shift
   for seed in "${seeds[@]}"; do
     if [ ! -f "$output/adamerging/seed=$seed/predictions.pt" ]; then  # the last model the script stores
@@ -114,7 +116,7 @@ case "$study" in
   merging) merging_study merging ;;
   merging-subsets) merging_study merging-subsets --scenario subsets --base-steps 60 ;;
   vit)
-    lightning-mix compare "${vit_methods[@]}" --seeds "${seeds[@]}" --output studies/vit "${extra[@]}" \
+    lightning-mix compare "${vit_methods[@]}" --seeds "${seeds[@]}" --output benchmarks/studies/vit "${extra[@]}" \
       -- "${common[@]}" ;;
   *)
     echo "unknown study '$study': choose mixing, mixing-noise30, averaging-calibration," \
