@@ -10,7 +10,7 @@
 # merges of benchmarks/merging_study.py, one run of the script per seed, then compare --stored),
 # vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
 # benchmarks/studies/ (results.md, results.csv, plots, each run's test predictions); git tracks the
-# predictions (METHOD/seed=SEED/predictions.pt, about 40 kB each) and nothing else there, so the
+# predictions (METHOD/seed=SEED/predictions.pt, about 50 kB each) and nothing else there, so the
 # runs behind a docs table travel with the repository and `--stored` redoes the table. compare resumes: a finished
 # (method, seed) run is not run again, so running the script with more seeds, or again after an
 # interruption, only runs what is missing. The SmallCNN studies train every run for $EPOCHS epochs
