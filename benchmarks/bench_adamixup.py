@@ -36,14 +36,14 @@ __all__ = ["main"]
 
 class _SharedTrunkAdaMixUp(AdaMixUpSmallCNN):
     def __init__(self, width: int = 32) -> None:
-        super().__init__(width=width, seed=0)
+        super().__init__(width=width, mix_seed=0)
         self.configure_adamixup(feature_dim=4 * width, policy_trunk=None, seed=0)
 
 
 def make_step(method: str, width: int):
     torch.manual_seed(0)
     if method == "adamixup":
-        model = AdaMixUpSmallCNN(width=width, seed=0)
+        model = AdaMixUpSmallCNN(width=width, mix_seed=0)
     elif method == "adamixup_shared":
         model = _SharedTrunkAdaMixUp(width)
     else:

@@ -50,7 +50,7 @@ class SAMixCNN(SAMixMixin, SmallCNN):
 
 
 def _adautomix_cnn(width: int) -> AdAutoMixSmallCNN:
-    return AdAutoMixSmallCNN(width=width, seed=0, cosine_schedule=False)
+    return AdAutoMixSmallCNN(width=width, mix_seed=0, cosine_schedule=False)
 
 
 LEARNED = {"automix": AutoMixCNN, "samix": SAMixCNN, "adautomix": _adautomix_cnn}

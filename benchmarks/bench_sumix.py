@@ -33,7 +33,7 @@ def main(repeats: int) -> None:
     torch.manual_seed(0)
     x, y = mnist5k_batch()
     t = dense_targets(y, 10)
-    model = SUMixSmallCNN(width=32, seed=0)
+    model = SUMixSmallCNN(width=32, mix_seed=0)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cutmix = CutMix(alpha=0.2, pairing="random")

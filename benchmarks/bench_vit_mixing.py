@@ -66,8 +66,8 @@ def methods() -> dict:
 
 # rows that train a module with its own mixing step instead of TinyViT plus a callback
 MODELS = {
-    "SMMix (SMMixTinyViT, switch_prob 0.5)": lambda args: SMMixTinyViT(**args, seed=0),
-    "SMMix (SMMixTinyViT, switch_prob 1.0)": lambda args: SMMixTinyViT(**args, switch_prob=1.0, seed=0),
+    "SMMix (SMMixTinyViT, switch_prob 0.5)": lambda args: SMMixTinyViT(**args, mix_seed=0),
+    "SMMix (SMMixTinyViT, switch_prob 1.0)": lambda args: SMMixTinyViT(**args, switch_prob=1.0, mix_seed=0),
 }
 
 

@@ -1,4 +1,9 @@
-"""Embedded data sets and small models for examples, tests and benchmarks (like ``lightning.pytorch.demos``)."""
+"""Embedded data sets and small models for examples, tests and benchmarks (like ``lightning.pytorch.demos``).
+
+The demo models built on a mixing mixin take the mixin's ``seed`` as ``mix_seed``: the data modules'
+``seed`` picks their split, and Lightning refuses to log a model and a data module that give one
+hyperparameter name two values.
+"""
 
 from lightning_mix.demos.adamixup_cnn import AdaMixUpSmallCNN
 from lightning_mix.demos.adautomix_cnn import AdAutoMixSmallCNN

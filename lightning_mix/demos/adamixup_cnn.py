@@ -34,7 +34,7 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
         policy_hidden: int = 100,
         discriminator_hidden: int = 10,
         intrusion_weight: float = 1.0,
-        seed: int | None = None,
+        mix_seed: int | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -56,7 +56,7 @@ class AdaMixUpSmallCNN(AdaMixUpMixin, SmallCNN):
             policy_hidden=policy_hidden,
             discriminator_hidden=discriminator_hidden,
             intrusion_weight=intrusion_weight,
-            seed=seed,
+            seed=mix_seed,
         )
 
     training_step = AdaMixUpMixin.training_step

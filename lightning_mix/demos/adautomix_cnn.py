@@ -42,7 +42,7 @@ class AdAutoMixSmallCNN(AdAutoMixMixin, SmallCNN):
         beta: float = 0.3,
         upsample_mode: str = "bilinear",
         accumulate_grad_batches: int = 1,
-        seed: int | None = None,
+        mix_seed: int | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -68,7 +68,7 @@ class AdAutoMixSmallCNN(AdAutoMixMixin, SmallCNN):
             beta=beta,
             upsample_mode=upsample_mode,
             accumulate_grad_batches=accumulate_grad_batches,
-            seed=seed,
+            seed=mix_seed,
         )
 
     def configure_optimizers(self):

@@ -60,7 +60,7 @@ class AutoMixSmallCNN(AutoMixMixin, SmallCNN):
         reduction: int = 2,
         upsample_mode: str = "nearest",
         lam_embedding: str = "none",
-        seed: int | None = None,
+        mix_seed: int | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -86,7 +86,7 @@ class AutoMixSmallCNN(AutoMixMixin, SmallCNN):
             reduction=reduction,
             upsample_mode=upsample_mode,
             lam_embedding=lam_embedding,
-            seed=seed,
+            seed=mix_seed,
         )
 
 
@@ -127,7 +127,7 @@ class SAMixSmallCNN(SAMixMixin, SmallCNN):
         value_hidden: int | None = None,
         upsample_mode: str = "bilinear",
         lam_mul_k: float = 0.25,
-        seed: int | None = None,
+        mix_seed: int | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -156,5 +156,5 @@ class SAMixSmallCNN(SAMixMixin, SmallCNN):
             value_hidden=value_hidden,
             upsample_mode=upsample_mode,
             lam_mul_k=lam_mul_k,
-            seed=seed,
+            seed=mix_seed,
         )

@@ -43,7 +43,7 @@ class SMMixTinyViT(SMMixMixin, TinyViT):
         label_smoothing: float = 0.1,
         fine_weight: float = 1.0,
         consistency_weight: float = 1.0,
-        seed: int | None = None,
+        mix_seed: int | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -71,7 +71,7 @@ class SMMixTinyViT(SMMixMixin, TinyViT):
             label_smoothing=label_smoothing,
             fine_weight=fine_weight,
             consistency_weight=consistency_weight,
-            seed=seed,
+            seed=mix_seed,
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
         kernel_size: int = 5,
         mixer: BatchMixer | RandomChoice | None = None,
         gamma: float = 0.1,
-        seed: int | None = None,
+        mix_seed: int | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
@@ -47,6 +47,6 @@ class SUMixSmallCNN(SUMixMixin, SmallCNN):
         # the mixer object stays out of the checkpoint's hyperparameters, which Lightning loads with
         # weights_only=True when fit resumes (plain values only); LightningCLI's config.yaml records it
         self.save_hyperparameters(ignore=["mixer"])
-        self.configure_sumix(num_classes=num_classes, feature_dim=4 * width, mixer=mixer, gamma=gamma, seed=seed)
+        self.configure_sumix(num_classes=num_classes, feature_dim=4 * width, mixer=mixer, gamma=gamma, seed=mix_seed)
 
     training_step = SUMixMixin.training_step

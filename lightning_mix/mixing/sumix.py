@@ -27,6 +27,11 @@ the share ``lam_i`` of its own pixels, ``y_i`` is its class.
    Limits: ``lam_hat = lam`` when ``d_i[y_i] = e_i[y_j]``, which holds whenever all clean and mixed
    predictions are the same distribution ``p`` with ``p[y_i] = p[y_j]``, the uniform one included
    (a model that predicts uniformly gets the plain cut-based mix); ``lam`` of 0 or 1 is kept.
+   For a confident model the correction works against the pixels: with one-hot clean predictions
+   and a mixed prediction one-hot at the own class, ``d_i[y_i] = B / sqrt(C)`` exceeds
+   ``e_i[y_j] = B e^-1 / sqrt(e^2 + e^-2 + C - 2)`` and ``lam_hat`` tends to 0; a mixed prediction
+   that splits as the pixels do gives ``lam_hat < 1/2`` for every ``lam > 1/2``. This is the
+   authors' rule as written, kept as such.
 
 3. **Uncertainty regulariser** (:func:`uncertainty_loss`), from the uncertainty head's logits ``g``
    on the clean and on the mixed batch (with gradient): ``u = normalize(softmax(g))``,

@@ -22,7 +22,7 @@ from lightning_mix.mixins.adamixup import adamixup_intrusion_loss, adamixup_lam
 
 
 def _model(**options):
-    return AdaMixUpSmallCNN(width=4, cosine_schedule=False, **{"seed": 0, **options})
+    return AdaMixUpSmallCNN(width=4, cosine_schedule=False, **{"mix_seed": 0, **options})
 
 
 def _trainer(**options):
@@ -158,7 +158,7 @@ def test_losses_equal_the_authors_rule_on_small_tensors():
 
 
 def test_truncated_noise_and_draws_come_from_the_seeded_stream():
-    a, b = _model(seed=4), _model(seed=4)
+    a, b = _model(mix_seed=4), _model(mix_seed=4)
     x = torch.zeros(10, 1, 28, 28)
     da, db = a.adamixup_draw(x), b.adamixup_draw(x)
     for key in da:
@@ -179,7 +179,7 @@ def test_dense_targets_give_the_same_losses_as_class_indices():
 def test_shared_trunk_option_reads_the_classifier_trunk():
     class Shared(AdaMixUpSmallCNN):
         def __init__(self):
-            super().__init__(width=4, seed=0)
+            super().__init__(width=4, mix_seed=0)
             self.configure_adamixup(feature_dim=16, policy_trunk=None, seed=0)
 
     model = Shared()
@@ -192,7 +192,7 @@ def test_shared_trunk_option_reads_the_classifier_trunk():
 
 def _fit_for_resume(tmp_path, ckpt_path=None, save=False, accumulate=1):
     pl.seed_everything(0)
-    model = _model(seed=3)
+    model = _model(mix_seed=3)
     callbacks = []
     if save:
         callbacks.append(

@@ -18,7 +18,7 @@ GEN = "adautomix_generator."
 
 
 def _model(**options):
-    return AdAutoMixSmallCNN(**{"width": 4, "seed": 0, "cosine_schedule": False, **options})
+    return AdAutoMixSmallCNN(**{"width": 4, "mix_seed": 0, "cosine_schedule": False, **options})
 
 
 def _loader(batch_size=4, n=32):
@@ -92,7 +92,7 @@ def test_trainer_accumulation_is_refused_and_the_mixins_own_accumulates():
 
 def _fit_for_resume(tmp_path, ckpt_path=None, save=False):
     pl.seed_everything(0)
-    model = _model(seed=3, cosine_schedule=True)
+    model = _model(mix_seed=3, cosine_schedule=True)
     callbacks = []
     if save:
         callbacks.append(

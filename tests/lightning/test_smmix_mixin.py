@@ -19,7 +19,7 @@ NUM_CLASSES = 5
 
 def _model(**kwargs) -> SMMixTinyViT:
     torch.manual_seed(0)
-    options = {"num_classes": NUM_CLASSES, "dim": 32, "depth": 2, "num_heads": 2, "seed": 0}
+    options = {"num_classes": NUM_CLASSES, "dim": 32, "depth": 2, "num_heads": 2, "mix_seed": 0}
     options.update(kwargs)
     return SMMixTinyViT(**options)
 
@@ -71,7 +71,7 @@ def test_step_follows_the_authors_rule_and_losses():
 def test_mixed_label_by_hand_on_a_two_by_two_grid():
     # 8x8 images, patch 4: a 2x2 grid, so the window side is 1 (int(0.5) -> 1 .. int(1.5) = 1), lam = 3/4
     torch.manual_seed(0)
-    model = SMMixTinyViT(num_classes=3, image_size=8, patch_size=4, dim=16, depth=1, num_heads=2, seed=0)
+    model = SMMixTinyViT(num_classes=3, image_size=8, patch_size=4, dim=16, depth=1, num_heads=2, mix_seed=0)
     model.configure_smmix(num_classes=3, embed_dim=16, switch_prob=1.0, seed=0)
     x = torch.randn(2, 1, 8, 8)
     out = model.smmix_losses(x, torch.tensor([0, 2]))
@@ -204,6 +204,6 @@ def test_the_stream_resumes_from_the_checkpoint():
     checkpoint: dict = {}
     model.on_save_checkpoint(checkpoint)
     want = model.smmix_draw(7)
-    restored = _model(seed=123)
+    restored = _model(mix_seed=123)
     restored.on_load_checkpoint(checkpoint)
     assert restored.smmix_draw(7) == want

@@ -21,7 +21,7 @@ NUM_CLASSES = 10
 
 def _model(**kwargs) -> SUMixSmallCNN:
     torch.manual_seed(0)
-    options = {"width": 4, "seed": 0, "cosine_schedule": False}
+    options = {"width": 4, "mix_seed": 0, "cosine_schedule": False}
     options.update(kwargs)
     return SUMixSmallCNN(**options)
 
@@ -205,7 +205,7 @@ def test_composes_with_ema(tmp_path):
 
 def _fit_for_resume(tmp_path, ckpt_path=None, save=False):
     pl.seed_everything(0)
-    model = _model(seed=3, mixer=CutMix(alpha=1.0, mode="elem", pairing="random"))
+    model = _model(mix_seed=3, mixer=CutMix(alpha=1.0, mode="elem", pairing="random"))
     callbacks = []
     if save:
         callbacks.append(
@@ -223,7 +223,7 @@ def test_exact_resume_of_weights_head_optimiser_and_draws(tmp_path):
     checkpoint = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)
     assert checkpoint["sumix"] == {"seed": 3, "counter": 3}
     hparams = checkpoint["hyper_parameters"]  # plain values only: resuming loads them with weights_only=True
-    assert "mixer" not in hparams and hparams["gamma"] == 0.1 and hparams["seed"] == 3
+    assert "mixer" not in hparams and hparams["gamma"] == 0.1 and hparams["mix_seed"] == 3
     resumed, resumed_trainer = _fit_for_resume(tmp_path, ckpt_path=tmp_path / "epoch=0.ckpt")
     assert resumed_trainer.global_step == straight_trainer.global_step == 6
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):

@@ -117,7 +117,7 @@ def test_bad_options_are_refused_with_the_fix():
 
 def test_smmix_tinyvit_takes_the_stem_and_its_features_come_through_it():
     torch.manual_seed(0)
-    model = SMMixTinyViT(patch_size=7, dim=16, depth=1, num_heads=2, stem="conv", stem_channels=4, seed=0).eval()
+    model = SMMixTinyViT(patch_size=7, dim=16, depth=1, num_heads=2, stem="conv", stem_channels=4, mix_seed=0).eval()
     images = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(model.forward_head(model.forward_features(images)), model(images))
     assert model.hparams.stem == "conv"

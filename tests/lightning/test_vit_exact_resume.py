@@ -44,7 +44,7 @@ def _transmix():
 
 
 def _smmix():
-    return SMMixTinyViT(num_classes=NUM_CLASSES, dim=32, depth=2, num_heads=2, cosine_schedule=False, seed=0), []
+    return SMMixTinyViT(num_classes=NUM_CLASSES, dim=32, depth=2, num_heads=2, cosine_schedule=False, mix_seed=0), []
 
 
 @pytest.mark.parametrize("make", [_transmix, _smmix], ids=["transmix", "smmix"])

@@ -18,7 +18,7 @@ from lightning_mix.demos import AdaMixUpSmallCNN
 if __name__ == "__main__":
     out, mode, ckpt_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     seed_everything(0)
-    model = AdaMixUpSmallCNN(width=4, cosine_schedule=False, seed=5)
+    model = AdaMixUpSmallCNN(width=4, cosine_schedule=False, mix_seed=5)
     callbacks = []
     options = dict(max_epochs=2, limit_train_batches=2, num_sanity_val_steps=0, limit_val_batches=0)
     ckpt_path = None

@@ -18,7 +18,7 @@ from lightning_mix.demos import AdAutoMixSmallCNN
 if __name__ == "__main__":
     out, mode, ckpt_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     seed_everything(0)
-    model = AdAutoMixSmallCNN(width=4, seed=5, cosine_schedule=True, accumulate_grad_batches=2)
+    model = AdAutoMixSmallCNN(width=4, mix_seed=5, cosine_schedule=True, accumulate_grad_batches=2)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
     callbacks = []

@@ -13,7 +13,7 @@ from lightning_mix.demos import SMMixTinyViT
 
 class RecordingSMMix(SMMixTinyViT):
     def __init__(self) -> None:
-        super().__init__(num_classes=5, dim=32, depth=2, num_heads=2, seed=0)
+        super().__init__(num_classes=5, dim=32, depth=2, num_heads=2, mix_seed=0)
         self.modes: list[str] = []
 
     def smmix_losses(self, inputs, labels):

@@ -14,7 +14,7 @@ from lightning_mix.mixing import CutMix
 
 class RecordingSUMix(SUMixSmallCNN):
     def __init__(self) -> None:
-        super().__init__(num_classes=5, width=4, seed=0, mixer=CutMix(alpha=1.0, pairing="random"))
+        super().__init__(num_classes=5, width=4, mix_seed=0, mixer=CutMix(alpha=1.0, pairing="random"))
         self.lams: list[torch.Tensor] = []
         self.corrected: list[torch.Tensor] = []
 

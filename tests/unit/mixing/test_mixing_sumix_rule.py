@@ -82,6 +82,49 @@ def test_identical_non_uniform_predictions_follow_the_closed_form():
     assert float(got[0]) < 0.3  # p[y_i] = 0.5 > p[y_j] = 0.1: the rule lowers the own share
 
 
+def _one_hot_log_probs(labels, weights, num_classes):
+    """Log-probabilities of ``sum_k weights[k] * one_hot(labels[k])`` rows (-inf where the mass is 0)."""
+    probs = sum(w * torch.nn.functional.one_hot(y, num_classes).double() for y, w in zip(labels, weights))
+    return probs.log().float()
+
+
+@pytest.mark.parametrize(("batch", "classes"), [(128, 10), (100, 100)])
+@pytest.mark.parametrize("lam", [0.8, 0.6])
+def test_confident_predictions_hand_the_label_to_the_partner(batch, classes, lam):
+    """The documented limit for a confident model (clean predictions one-hot at each sample's class).
+
+    A mixed prediction one-hot at the own class y_i gives d = B / sqrt(C) and
+    e = B e^-1 / sqrt(e^2 + e^-2 + C - 2); a mixed prediction that splits as the pixels do
+    (lam at y_i, 1 - lam at y_j) gives d = B e^(lam - 1) / sqrt(e^(2 lam - 2) + e^(2 - 2 lam) + C - 2)
+    and e = B e^-lam / sqrt(e^(2 lam) + e^(-2 lam) + C - 2). In both cases d > e for lam > 1/2, so
+    lam_hat falls below 1/2: the rule moves the label away from the class the mixed image shows most.
+    """
+    labels = torch.arange(batch) % classes
+    index = torch.roll(torch.arange(batch), 1)  # the partner's class always differs
+    clean = _one_hot_log_probs([labels], [1.0], classes)
+    lams = torch.full((batch,), lam)
+    logit = math.log(lam / (1 - lam))
+
+    own, partner = semantic_distances(clean, clean, labels, index)  # mixed predicted as the own class
+    d = batch / math.sqrt(classes)
+    e = batch * math.exp(-1) / math.sqrt(math.exp(2) + math.exp(-2) + classes - 2)
+    assert float(own[0, labels[0]]) == pytest.approx(d, rel=1e-5)
+    assert float(partner[0, labels[index[0]]]) == pytest.approx(e, rel=1e-5)
+    got = corrected_lam(lams, own, partner, labels, index)
+    want = 1 / (1 + math.exp(-(logit + e - d)))
+    torch.testing.assert_close(got, torch.full((batch,), want, dtype=torch.float32), rtol=1e-4, atol=1e-7)
+    assert float(got.max()) < 0.01
+
+    split = _one_hot_log_probs([labels, labels[index]], [lam, 1 - lam], classes)
+    own, partner = semantic_distances(clean, split, labels, index)
+    d = batch * math.exp(lam - 1) / math.sqrt(math.exp(2 * lam - 2) + math.exp(2 - 2 * lam) + classes - 2)
+    e = batch * math.exp(-lam) / math.sqrt(math.exp(2 * lam) + math.exp(-2 * lam) + classes - 2)
+    got = corrected_lam(lams, own, partner, labels, index)
+    want = 1 / (1 + math.exp(-(logit + e - d)))
+    torch.testing.assert_close(got, torch.full((batch,), want, dtype=torch.float32), rtol=1e-4, atol=1e-7)
+    assert float(got.max()) < 0.5
+
+
 def test_lam_of_zero_or_one_is_kept():
     g = torch.Generator().manual_seed(1)
     labels, index = torch.randint(0, 3, (4,), generator=g), torch.tensor([1, 0, 3, 2])

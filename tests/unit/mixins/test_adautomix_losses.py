@@ -14,7 +14,7 @@ from lightning_mix.mixins.automix import mixed_cross_entropy
 
 def _model(mix_samples=3, **options):
     torch.manual_seed(0)
-    model = AdAutoMixSmallCNN(width=4, cosine_schedule=False, seed=0, mix_samples=mix_samples, **options)
+    model = AdAutoMixSmallCNN(width=4, cosine_schedule=False, mix_seed=0, mix_samples=mix_samples, **options)
     with torch.no_grad():  # a non-uniform generator, so its masks and gradients are not trivial
         for p in model.adautomix_generator.parameters():
             p.normal_(std=0.3)
