@@ -16,6 +16,7 @@ from lightning_mix.demos.data_modules import (
     embedded_data_path,
 )
 from lightning_mix.demos.models import MLPRegressor, SmallCNN
+from lightning_mix.demos.rank_mixup_cnn import RankMixupSmallCNN
 from lightning_mix.demos.smmix_vit import SMMixTinyViT
 from lightning_mix.demos.sumix_cnn import SUMixSmallCNN
 from lightning_mix.demos.vit import TinyViT
@@ -28,6 +29,7 @@ __all__ = [
     "MLPRegressor",
     "MNIST5kDataModule",
     "RandomShiftDataset",
+    "RankMixupSmallCNN",
     "SAMixSmallCNN",
     "SMMixTinyViT",
     "SUMixSmallCNN",

@@ -69,6 +69,7 @@ def test_a_mixing_callback_with_a_rank_mixup_module_is_an_error_at_setup():
         ("AdAutoMixSmallCNN", "AdAutoMixMixin"),
         ("AdaMixUpSmallCNN", "AdaMixUpMixin"),
         ("SUMixSmallCNN", "SUMixMixin"),
+        ("RankMixupSmallCNN", "RankMixupMixin"),
         ("AutoMixSmallCNN", "AutoMixMixin"),
         ("SAMixSmallCNN", "SAMixMixin"),
     ],
