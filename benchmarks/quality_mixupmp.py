@@ -3,14 +3,16 @@
 The members are ``lightning-mix compare`` runs of ``examples/mnist5k.yaml`` (SmallCNN, AdamW with a
 cosine schedule; ERM members: the deep ensemble) and of ``examples/mnist5k.yaml`` +
 ``examples/mixupmp_member.yaml`` (``RegMixup(alpha=1, mode="elem")``: MixupMP members), one per
-seed. Each ensemble is the average of its members' stored test probabilities (what
-:class:`lightning_mix.modules.Ensemble` predicts with uniform weights). Two tables, each from
-:func:`lightning_mix.cli.compare.compare_predictions` (percentile bootstrap intervals over the
-1000 test images, paired bootstrap differences to the first row, Holm-adjusted p-values): the two
-ensembles, and the single members (means over seeds).
+seed. They are stored in the mixing study's folder (``benchmarks/studies/mixing-{EPOCHS}ep``,
+methods ``erm`` and ``mixupmp``): the ERM members are the mixing study's ERM runs (the same job,
+seeds and epochs), so only the MixupMP members are trained. Each ensemble is the average of its
+members' stored test probabilities (what :class:`lightning_mix.modules.Ensemble` predicts with
+uniform weights). Two tables, each from :func:`lightning_mix.cli.compare.compare_predictions`
+(percentile bootstrap intervals over the 1000 test images, paired bootstrap differences to the
+first row, Holm-adjusted p-values): the two ensembles, and the single members (means over seeds).
 
-Usage: ``python benchmarks/quality_mixupmp.py [--seeds 0 1 2] [--epochs 15] [--output compare-mixupmp]``.
-Runs that ``--output`` already holds are not trained again. Prints Markdown tables.
+Usage: ``python benchmarks/quality_mixupmp.py [--seeds 0 1 2 3 4] [--epochs 30] [--output DIR]``.
+Runs that the output folder already holds are not trained again. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from lightning_mix.cli import compare
 from lightning_mix.cli.compare import METRICS, compare_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"deep_ensemble": [], "mixupmp": [str(ROOT / "examples" / "mixupmp_member.yaml")]}
+METHODS = {"erm": [], "mixupmp": [str(ROOT / "examples" / "mixupmp_member.yaml")]}
 
 
 def _stored(output: Path, method: str, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,11 +56,13 @@ def _table(rows: list[dict[str, object]], baseline: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--output", type=Path, default=Path("compare-mixupmp"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/studies/mixing-{epochs}ep")
     parser.add_argument("--n-resamples", type=int, default=1000)
     args = parser.parse_args()
+    if args.output is None:
+        args.output = ROOT / "benchmarks" / "studies" / f"mixing-{args.epochs}ep"
 
     argv = ["--config", str(ROOT / "examples" / "mnist5k.yaml")]
     for name, configs in METHODS.items():
@@ -71,12 +75,12 @@ def main() -> None:
     k = len(args.seeds)
     ensembles = {
         f"deep ensemble ({k} ERM members)": (
-            members["deep_ensemble"][0].mean(0, keepdim=True),
-            members["deep_ensemble"][1],
+            members["erm"][0].mean(0, keepdim=True),
+            members["erm"][1],
         ),
         f"MixupMP ({k} members)": (members["mixupmp"][0].mean(0, keepdim=True), members["mixupmp"][1]),
     }
-    singles = {"ERM member": members["deep_ensemble"], "MixupMP member": members["mixupmp"]}
+    singles = {"ERM member": members["erm"], "MixupMP member": members["mixupmp"]}
     for title, predictions in (("Ensembles", ensembles), ("Single members (mean over seeds)", singles)):
         baseline = next(iter(predictions))
         rows = compare_predictions(predictions, baseline=baseline, n_resamples=args.n_resamples)

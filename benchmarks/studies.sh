@@ -4,7 +4,8 @@
 #   bash benchmarks/studies.sh STUDY [SEED ...]
 #
 # STUDY is one of: mixing (SmallCNN on clean MNIST5k), mixing-noise30 (the same with 30% of the
-# training labels flipped), averaging-calibration and averaging-calibration-noise30 (weight
+# training labels flipped), rank-mixup (RankMixup's MRL and M-NDCG against ERM; its runs go to the
+# mixing study's folder, whose ERM runs are the same job and so are not run twice), averaging-calibration and averaging-calibration-noise30 (weight
 # averaging, temperature scaling and model-level mixing on SmallCNN), calibration-losses (SmallCNN
 # trained with each calibration loss of lightning_mix.losses), merging and merging-subsets (the
 # merges of benchmarks/merging_study.py, one run of the script per seed, then compare --stored),
@@ -47,6 +48,12 @@ mixing_methods=(
   --method "samix=examples/mnist5k_samix.yaml"
   --method "adautomix=examples/mnist5k_adautomix.yaml"
   --method "adamixup=examples/mnist5k_adamixup.yaml"
+)
+# RankMixup (a mixin: the demo model RankMixupSmallCNN) with each of its two losses, against ERM.
+rank_mixup_methods=(
+  --method "erm=$base"
+  --method "rankmixup_mrl=examples/mnist5k_rankmixup.yaml"
+  --method "rankmixup_mndcg=examples/mnist5k_rankmixup.yaml,examples/rankmixup_mndcg.yaml"
 )
 # Weight averaging (EMA, SWA, model soups), temperature scaling (alone and after Mixup) and the
 # model-level mixers that are callbacks (Manifold Mixup, RegMixup), each at its preset's defaults.
@@ -109,6 +116,7 @@ merging_study() {
 case "$study" in
   mixing) compare_smallcnn mixing mixing_methods ;;
   mixing-noise30) compare_smallcnn mixing-noise30 mixing_methods "${noise[@]}" ;;
+  rank-mixup) compare_smallcnn mixing rank_mixup_methods ;;
   averaging-calibration) compare_smallcnn averaging-calibration averaging_calibration_methods ;;
   averaging-calibration-noise30)
     compare_smallcnn averaging-calibration-noise30 averaging_calibration_methods "${noise[@]}" ;;
@@ -119,7 +127,7 @@ case "$study" in
     lightning-mix compare "${vit_methods[@]}" --seeds "${seeds[@]}" --output benchmarks/studies/vit "${extra[@]}" \
       -- "${common[@]}" ;;
   *)
-    echo "unknown study '$study': choose mixing, mixing-noise30, averaging-calibration," \
+    echo "unknown study '$study': choose mixing, mixing-noise30, rank-mixup, averaging-calibration," \
       "averaging-calibration-noise30, calibration-losses, merging, merging-subsets or vit" >&2
     exit 2 ;;
 esac
