@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["QUIET", "tiny_trainer"]
+__all__ = ["QUIET", "TINY_CLI", "tiny_trainer"]
 
 #: What every test Trainer shares: one CPU device, no logger, checkpoint, progress bar, summary or
 #: sanity check (each test turns on what it checks).
@@ -20,6 +20,18 @@ QUIET: dict[str, Any] = {
     "enable_model_summary": False,
     "num_sanity_val_steps": 0,
 }
+
+#: The same for a ``lightning-mix fit`` command line: two batches of each loop, one epoch, no test
+#: after fit. (Two, not one: the CLI reads ``limit_train_batches=1`` as the float 1.0, the whole loader.)
+TINY_CLI: list[str] = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--test_after_fit=false",
+]
 
 
 def tiny_trainer(**overrides: Any) -> pl.Trainer:

@@ -7,21 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 from test_cli import documented_combinations
+from tiny_trainer import TINY_CLI
 
 from lightning_mix.cli import run_cli
 from lightning_mix.demos import AdAutoMixSmallCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "mnist5k_adautomix.yaml"
-TINY = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.limit_test_batches=1",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--test_after_fit=false",
-]
 
 
 def test_the_documented_fit_line_is_among_the_cli_tests_runs():
@@ -33,7 +25,7 @@ def test_the_documented_fit_line_is_among_the_cli_tests_runs():
 @pytest.mark.slow
 def test_adautomix_config_builds_the_demo_with_the_authors_defaults_and_two_optimisers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", "--config", str(CONFIG), *TINY])
+    cli = run_cli(["fit", "--config", str(CONFIG), *TINY_CLI])
     model = cli.model
     assert isinstance(model, AdAutoMixSmallCNN) and model.hparams.width == 32
     assert model.adautomix_mix_samples == 3 and model.adautomix_alpha == 1.0 and model.adautomix_beta == 0.3

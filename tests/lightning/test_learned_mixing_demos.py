@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from automix_helpers import make_loader
-from tiny_trainer import tiny_trainer
+from tiny_trainer import TINY_CLI, tiny_trainer
 
 from lightning_mix.cli import compare, run_cli
 from lightning_mix.demos import AutoMixSmallCNN, SAMixSmallCNN, SmallCNN
@@ -78,16 +78,6 @@ def test_feature_channels_follow_the_feature_layer_or_are_required():
     assert AutoMixSmallCNN(width=4, feature_layer="block2.0", feature_channels=8).automix_feature_channels == 8
 
 
-TINY = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--test_after_fit=false",
-]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "demo_class", "block"),
@@ -95,7 +85,7 @@ TINY = [
 )
 def test_example_config_builds_the_demo_with_the_authors_options(config, demo_class, block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", "--config", str(ROOT / "examples" / f"mnist5k_{config}.yaml"), *TINY])
+    cli = run_cli(["fit", "--config", str(ROOT / "examples" / f"mnist5k_{config}.yaml"), *TINY_CLI])
     model = cli.model
     assert type(model) is demo_class and type(model.automix_block).__name__ == block
     defaults = demo_class()
@@ -110,7 +100,7 @@ def test_compare_runs_the_example_configs_and_stores_probabilities(tmp_path):
     out = tmp_path / "cmp"
     argv = ["--method", f"automix={ROOT / 'examples' / 'mnist5k_automix.yaml'}"]
     argv += ["--method", f"samix={ROOT / 'examples' / 'mnist5k_samix.yaml'}"]
-    argv += ["--seeds", "0", "--output", str(out), "--n-resamples", "10", "--", *TINY[:-1]]
+    argv += ["--seeds", "0", "--output", str(out), "--n-resamples", "10", "--", *TINY_CLI[:-1]]
     argv += ["--model.init_args.width=4", "--trainer.limit_predict_batches=1", "--trainer.enable_progress_bar=false"]
     rows = compare.main(argv)
     assert {r["method"] for r in rows} == {"automix", "samix"}
@@ -128,4 +118,4 @@ def test_example_config_with_a_mixing_preset_is_refused_before_training(config, 
     with pytest.raises(
         ValueError, match=rf"MixingCallback mixes the batch, but .* is an? {mixin}, which .*remove the callback"
     ):
-        run_cli(["fit", *configs, *TINY])
+        run_cli(["fit", *configs, *TINY_CLI])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_trainer import TINY_CLI
 
 from lightning_mix.cli import run_cli
 from lightning_mix.demos import RankMixupSmallCNN, SmallCNN
@@ -13,20 +14,11 @@ from lightning_mix.demos import RankMixupSmallCNN, SmallCNN
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ["--config", str(ROOT / "examples" / "mnist5k_rankmixup.yaml")]
 MNDCG = ["--config", str(ROOT / "examples" / "rankmixup_mndcg.yaml")]
-TINY = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=2",
-    "--trainer.limit_test_batches=2",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--test_after_fit=false",
-]
 
 
 def test_rank_mixup_config_has_the_authors_defaults_and_trains_with_one_mixed_copy(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", *CONFIG, *TINY])
+    cli = run_cli(["fit", *CONFIG, *TINY_CLI])
     model = cli.model
     assert isinstance(model, RankMixupSmallCNN) and model.hparams.width == 32
     options = (model.rank_mixup_loss, model.rank_mixup_weight, model.rank_mixup_margin, model.rank_mixup_alpha)
@@ -38,7 +30,7 @@ def test_rank_mixup_config_has_the_authors_defaults_and_trains_with_one_mixed_co
 
 def test_the_mndcg_overlay_switches_the_loss_and_draws_three_copies(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", *CONFIG, *MNDCG, *TINY])
+    cli = run_cli(["fit", *CONFIG, *MNDCG, *TINY_CLI])
     assert cli.model.rank_mixup_loss == "mndcg" and cli.model.hparams.rank_loss == "mndcg"
     assert cli.model.rank_mixup_index.shape == (3, 128)
 
@@ -60,4 +52,4 @@ def test_weight_zero_is_smallcnn_trained_with_cross_entropy():
 def test_rank_mixup_config_with_a_mixing_preset_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="RankMixupMixin"):
-        run_cli(["fit", *CONFIG, "--config", str(ROOT / "callbacks" / "mixup.yaml"), *TINY])
+        run_cli(["fit", *CONFIG, "--config", str(ROOT / "callbacks" / "mixup.yaml"), *TINY_CLI])

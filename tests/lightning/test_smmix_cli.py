@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_trainer import TINY_CLI
 
 from lightning_mix.cli import run_cli
 from lightning_mix.demos import SMMixTinyViT
@@ -17,20 +18,11 @@ CONFIGS = [
     "--config",
     str(ROOT / "examples" / "mnist5k_smmix_vit.yaml"),
 ]
-TINY = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.limit_test_batches=1",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--test_after_fit=false",
-]
 
 
 def test_smmix_config_builds_smmix_vit_with_the_base_options(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", *CONFIGS, *TINY])
+    cli = run_cli(["fit", *CONFIGS, *TINY_CLI])
     model = cli.model
     assert isinstance(model, SMMixTinyViT)
     assert model.patch_size == 7 and model.hparams.dim == 96 and len(model.blocks) == 6  # from mnist5k_vit.yaml
@@ -42,4 +34,4 @@ def test_smmix_config_builds_smmix_vit_with_the_base_options(tmp_path, monkeypat
 def test_smmix_config_with_a_mixing_preset_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="SMMixMixin"):
-        run_cli(["fit", *CONFIGS, "--config", str(ROOT / "callbacks" / "cutmix.yaml"), *TINY])
+        run_cli(["fit", *CONFIGS, "--config", str(ROOT / "callbacks" / "cutmix.yaml"), *TINY_CLI])

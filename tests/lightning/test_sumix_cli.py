@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_trainer import TINY_CLI
 
 from lightning_mix.cli import run_cli
 from lightning_mix.demos import SUMixSmallCNN
@@ -12,20 +13,11 @@ from lightning_mix.mixing import CutMix
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ["--config", str(ROOT / "examples" / "mnist5k_sumix.yaml")]
-TINY = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.limit_test_batches=1",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--test_after_fit=false",
-]
 
 
 def test_sumix_config_builds_the_authors_mixer_and_trains(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", *CONFIG, *TINY])
+    cli = run_cli(["fit", *CONFIG, *TINY_CLI])
     model = cli.model
     assert isinstance(model, SUMixSmallCNN) and model.hparams.width == 32
     mixer = model.sumix_mixer
@@ -37,4 +29,4 @@ def test_sumix_config_builds_the_authors_mixer_and_trains(tmp_path, monkeypatch)
 def test_sumix_config_with_a_mixing_preset_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="SUMixMixin"):
-        run_cli(["fit", *CONFIG, "--config", str(ROOT / "callbacks" / "cutmix.yaml"), *TINY])
+        run_cli(["fit", *CONFIG, "--config", str(ROOT / "callbacks" / "cutmix.yaml"), *TINY_CLI])
