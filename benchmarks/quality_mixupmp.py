@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lightning_mix.cli import compare
-from lightning_mix.cli.compare import METRICS, compare_predictions
+from lightning_mix.cli.compare import METRICS, _format_p, compare_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"erm": [], "mixupmp": [str(ROOT / "examples" / "mixupmp_member.yaml")]}
@@ -35,7 +35,7 @@ def _stored(output: Path, method: str, seeds: list[int]) -> tuple[torch.Tensor, 
     return torch.stack([r["probs"] for r in runs]), runs[0]["labels"]
 
 
-def _table(rows: list[dict[str, object]], baseline: str) -> str:
+def _table(rows: list[dict[str, object]], baseline: str, n_resamples: int) -> str:
     cell = {(r["method"], r["metric"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
@@ -47,7 +47,7 @@ def _table(rows: list[dict[str, object]], baseline: str) -> str:
     for m in methods[1:]:
         values = [
             f"{cell[m, k]['diff']:+.4f} [{cell[m, k]['diff_low']:+.4f}, {cell[m, k]['diff_high']:+.4f}] "
-            f"p={cell[m, k]['p_holm']:.3g}"
+            f"p={_format_p(cell[m, k]['p_holm'], n_resamples, len(methods) - 1)}"
             for k in METRICS
         ]
         lines.append(f"| {m} | " + " | ".join(values) + " |")
@@ -84,7 +84,7 @@ def main() -> None:
     for title, predictions in (("Ensembles", ensembles), ("Single members (mean over seeds)", singles)):
         baseline = next(iter(predictions))
         rows = compare_predictions(predictions, baseline=baseline, n_resamples=args.n_resamples)
-        print(f"### {title}\n\n{_table(rows, baseline)}\n")
+        print(f"### {title}\n\n{_table(rows, baseline, args.n_resamples)}\n")
 
 
 if __name__ == "__main__":
