@@ -54,9 +54,11 @@ class RankMixupMixin(StreamCheckpointMixin):
     one forward of the clean batch, one forward of the K mixed copies stacked into a ``K * B``
     batch (``x_k = lam_k x + (1 - lam_k) x[index_k]``, a random permutation and a
     Beta(alpha, alpha) lam per copy and step). BatchNorm therefore sees clean and mixed batches
-    separately, as in the authors' code. It logs ``train/loss``, ``train/ce``, ``train/rank_loss``
-    and ``train/acc`` and returns the loss; the last draw is kept in ``rank_mixup_index`` (K, B)
-    and ``rank_mixup_lam`` (K, B).
+    separately, as in the authors' code, and its running statistics are updated by the mixed
+    batch last; to test on statistics of clean data only, recompute them after training with
+    :func:`lightning_mix.averaging.recalibrate_batchnorm` over the clean training loader.
+    It logs ``train/loss``, ``train/ce``, ``train/rank_loss`` and ``train/acc`` and returns the
+    loss; the last draw is kept in ``rank_mixup_index`` (K, B) and ``rank_mixup_lam`` (K, B).
 
     Randomness: a stream seeded by ``seed`` (or ``torch.initial_seed()`` at the first step), the
     global rank and a step counter; the seed and counter are saved in the checkpoint

@@ -53,3 +53,28 @@ def test_rank_mixup_config_with_a_mixing_preset_is_refused(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="RankMixupMixin"):
         run_cli(["fit", *CONFIG, "--config", str(ROOT / "callbacks" / "mixup.yaml"), *TINY_CLI])
+
+
+def test_the_mixed_copies_update_batchnorm_last_and_recalibration_restores_clean_statistics():
+    """The documented BatchNorm behaviour: with momentum 1 a layer's running variance is the last
+    batch's, which after a RankMixup step is the mixed copies', not the clean batch's. (Means do not
+    tell them apart: mixing a batch with a permutation of itself keeps its mean.)"""
+    from lightning_mix.averaging import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = RankMixupSmallCNN(width=4, mix_seed=0)
+    first_bn = next(m for m in model.block1.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    first_conv = next(m for m in model.block1.modules() if isinstance(m, torch.nn.Conv2d))
+    first_bn.momentum = 1.0
+    model.log = lambda *args, **kwargs: None  # no trainer attached: logging is not under test here
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    model.training_step((x, y), 0)
+    index, lam = model.rank_mixup_index[0], model.rank_mixup_lam[0]
+    mixed = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[index]
+    with torch.no_grad():
+        mixed_var = first_conv(mixed).var((0, 2, 3))  # unbiased, as BatchNorm's running_var
+        clean_var = first_conv(x).var((0, 2, 3))
+    torch.testing.assert_close(first_bn.running_var, mixed_var)
+    assert not torch.allclose(first_bn.running_var, clean_var, rtol=1e-3)
+    recalibrate_batchnorm(model, [(x, y)])
+    torch.testing.assert_close(first_bn.running_var, clean_var)
