@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 import lightning.pytorch as pl
-import torch
 
 from lightning_mix.averaging import recalibrate_batchnorm
 from lightning_mix.demos import MNIST5kDataModule, RankMixupSmallCNN, SmallCNN
@@ -42,8 +41,7 @@ def run(method: str, seed: int, epochs: int) -> tuple[float, float, float, float
     )
     trainer.fit(model, datamodule=data)
     as_trained = _test(trainer, model, data)
-    with torch.no_grad():
-        recalibrate_batchnorm(model, data.train_dataloader())
+    recalibrate_batchnorm(model, data.train_dataloader())  # runs without autograd
     return (*as_trained, *_test(trainer, model, data))
 
 

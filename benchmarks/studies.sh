@@ -5,8 +5,9 @@
 #
 # STUDY is one of: mixing (SmallCNN on clean MNIST5k), mixing-noise30 (the same with 30% of the
 # training labels flipped), rank-mixup (RankMixup's MRL and M-NDCG against ERM; its runs go to the
-# mixing study's folder, whose ERM runs are the same job and so are not run twice), averaging-calibration and averaging-calibration-noise30 (weight
-# averaging, temperature scaling and model-level mixing on SmallCNN), calibration-losses (SmallCNN
+# mixing study's folder, whose ERM runs are the same job and so are not run twice),
+# averaging-calibration and averaging-calibration-noise30 (weight averaging, temperature scaling
+# and model-level mixing on SmallCNN), calibration-losses (SmallCNN
 # trained with each calibration loss of lightning_mix.losses), merging and merging-subsets (the
 # merges of benchmarks/merging_study.py, one run of the script per seed, then compare --stored),
 # vit (TinyViT on MNIST5k). Seeds default to 0 1 2 3 4. Results go to
